@@ -1,0 +1,17 @@
+# Two commands: `make run` (set up, then run the main job on its embedded default) and
+# `make test` (set up, then run the test suite). Everything lives in .venv.
+PY := .venv/bin/python
+
+.PHONY: setup setup-dev run test lint bench
+setup:
+	bash scripts/setup.sh
+setup-dev:
+	bash scripts/setup.sh dev
+run: setup
+	$(PY) jobs/flow_dpo.py $(ARGS)
+test: setup-dev
+	$(PY) -m pytest -q $(ARGS)
+lint: setup-dev
+	.venv/bin/ruff check .
+bench: setup
+	$(PY) benchmarks/run_all.py

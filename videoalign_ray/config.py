@@ -1,0 +1,189 @@
+"""Typed, validated job configs: defaults < YAML file (``--config``) < command-line flags.
+
+Each job owns one flat pydantic model (fields shared between jobs live in mixin sections below), so a
+key has the same name in YAML (``max_steps``) and on the command line (``--max-steps``). Validation
+errors name the offending key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+C = TypeVar("C", bound="JobConfig")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the key."""
+
+
+class JobConfig(BaseModel):
+    """Base of every job config: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The resolved config as JSON-compatible values (for MLflow params and config.yaml)."""
+        return json.loads(self.model_dump_json())
+
+
+class RuntimeSection(JobConfig):
+    """Where a job writes, how it is seeded and tracked."""
+
+    output_dir: str = Field("outputs/run", description="Folder for checkpoints, caches, rejects and the MLflow store.")
+    run_name: str | None = Field(None, description="Ray Train run name; default: the output folder's name.")
+    seed: int = Field(0, description="Seed for model init, data order, noise and timesteps.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow store; default sqlite:///<output_dir>/mlflow.db (MLFLOW_TRACKING_URI overrides)."
+    )
+    mlflow_experiment: str = Field("videoalign-ray", description="MLflow experiment name.")
+
+
+class DataSection(JobConfig):
+    """Preference data and its validation."""
+
+    data: str | None = Field(
+        None, description="Preference table (CSV/Parquet/JSONL); default: the built-in synthetic dataset."
+    )
+    dimension: Literal["VQ", "MQ", "TA", "overall"] = Field(
+        "overall", description="Which label decides chosen vs rejected (overall = majority of VQ/MQ/TA)."
+    )
+    max_reject_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fail when more than this fraction of rows is rejected."
+    )
+    min_decoded_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Reject a video whose decodable frames are fewer than this fraction of "
+        "the frames its container claims (truncated files)."
+    )
+    cache_dir: str | None = Field(None, description="Latent cache; default <output_dir>/cache. Shared storage on clusters.")
+
+
+class ModelSection(JobConfig):
+    """Which generator to load."""
+
+    preset: Literal["tiny", "wan2.1-1.3b"] = Field("tiny", description="tiny: random init, CPU; wan2.1-1.3b: real.")
+    model_path: str | None = Field(None, description="Diffusers-format model folder (required for the real preset).")
+    num_frames: int | None = Field(None, gt=0, description="Frames per training video; default from the preset.")
+    height: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
+    width: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
+
+
+class TrainSection(JobConfig):
+    """Ray Train + DeepSpeed settings shared by the training jobs."""
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool | None = Field(None, description="Default: True when the cluster has GPUs.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    max_steps: int = Field(30, ge=0, description="Optimizer steps in total (a resumed run continues up to this).")
+    batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr: float | None = Field(None, gt=0, description="Learning rate; default from the preset (paper: 5e-6).")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 disables.")
+    finetune: Literal["lora", "full"] = Field("lora", description="LoRA (reference = adapters off) or full.")
+    lora_rank: int | None = Field(None, gt=0, description="Default from the preset (paper: 64).")
+    lora_alpha: float | None = Field(None, gt=0, description="Default 2 * rank (paper: 128).")
+    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints (each blocks on ray.train.report).")
+    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept.")
+    log_every: int = Field(1, ge=1, description="Steps between metric logs.")
+    max_failures: int = Field(3, ge=-1, description="Worker-group restarts allowed (FailureConfig).")
+    fail_at_step: int | None = Field(
+        None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step."
+    )
+
+
+def _field_type(annotation: Any) -> tuple[Any, bool]:
+    """The argparse converter for a field annotation and whether it is a bool flag."""
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return _field_type(args[0]) if len(args) == 1 else (str, False)
+    if origin is Literal:
+        return (lambda s, _vals=get_args(annotation): _coerce_literal(s, _vals)), False
+    if annotation is bool:
+        return _parse_bool, True
+    if annotation in (int, float, str):
+        return annotation, False
+    return str, False
+
+
+def _coerce_literal(value: str, allowed: tuple) -> Any:
+    for a in allowed:
+        if str(a) == value:
+            return a
+    raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _parse_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean")
+
+
+def build_parser(cls: type[JobConfig], description: str) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--kebab-name`` flag per config field, plus ``--config FILE.yaml``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML file with any of the keys below (snake_case).")
+    for name, field in cls.model_fields.items():
+        conv, is_bool = _field_type(field.annotation)
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": field.description or ""}
+        if is_bool:
+            kwargs.update(nargs="?", const=True, type=conv)
+        else:
+            kwargs["type"] = conv
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def resolve_config(cls: type[C], argv: list[str] | None = None, description: str = "") -> C:
+    """Parse ``argv`` into a validated ``cls``: defaults, then ``--config`` YAML, then flags.
+
+    Raises:
+        ConfigError: unknown YAML key, unreadable YAML, or a value failing validation (names the key).
+    """
+    ns = vars(build_parser(cls, description).parse_args(argv))
+    config_file = ns.pop("config", None)
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_yaml_keys(config_file))
+    values.update(ns)
+    return validate_config(cls, values, source=str(config_file) if config_file else "command line")
+
+
+def load_yaml_keys(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping; keys may use dashes or underscores."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def validate_config(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Validate ``values`` into ``cls``; errors name every offending key."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid config ({source}): " + "; ".join(problems)) from None

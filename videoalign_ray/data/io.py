@@ -1,0 +1,216 @@
+"""Read preference tables (CSV / Parquet / JSONL) into validated pairs; every bad row becomes a Reject.
+
+Nothing is dropped silently: a row is either a pair, a tie (counted), a row for another dimension (counted),
+or a Reject carrying its row number, column, value and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from videoalign_ray.data.schema import (
+    DIMENSIONS,
+    FETV_DIMENSIONS,
+    LabelError,
+    PreferencePair,
+    Reject,
+    overall_label,
+    parse_label,
+)
+from videoalign_ray.fileio import atomic_path
+
+
+class DataError(ValueError):
+    """The table as a whole cannot be used (unreadable, wrong columns, no good row, too many rejects)."""
+
+
+@dataclass
+class LoadResult:
+    """Pairs built from a table, with the accounting of every other row."""
+
+    source: str
+    total_rows: int
+    pairs: list[PreferencePair] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    ties: int = 0
+    other_dimension: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "rows": self.total_rows,
+            "pairs": len(self.pairs),
+            "ties": self.ties,
+            "other_dimension": self.other_dimension,
+            "rejects": len(self.rejects),
+        }
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, Parquet or JSONL (``.jsonl`` / ``.json`` lines) table as strings-preserving DataFrame.
+
+    Raises:
+        DataError: missing file, unknown extension or a parse error (with the file name).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"preference table not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return pd.read_json(path, lines=True, dtype=False)
+    except Exception as exc:  # noqa: BLE001 - any parser error is reported with the file name
+        raise DataError(f"cannot parse {path}: {exc}") from exc
+    raise DataError(f"unsupported table format {suffix!r} for {path} (use .csv, .parquet or .jsonl)")
+
+
+def _resolve(base: Path, value: object) -> Path | None:
+    text = "" if value is None else str(value).strip()
+    if not text or text.lower() == "nan":
+        return None
+    p = Path(text)
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _pair_id(prompt: str, a: str, b: str) -> str:
+    return hashlib.sha1(f"{prompt}\0{a}\0{b}".encode()).hexdigest()[:16]
+
+
+def load_pairs(path: str | Path, dimension: str = "overall") -> LoadResult:
+    """Load preference pairs from a VideoAlign or chosen/rejected table.
+
+    Args:
+        path: the table; video paths in it are relative to its folder (a leading ``./`` is allowed).
+        dimension: ``VQ`` / ``MQ`` / ``TA`` (that label decides) or ``overall`` (majority over valid labels).
+
+    Returns:
+        LoadResult with pairs (chosen/rejected resolved), ties, rows of other dimensions and rejects.
+
+    Raises:
+        DataError: the table is unreadable or has neither format's columns.
+    """
+    path = Path(path)
+    df = read_table(path)
+    cols = set(df.columns)
+    if {"path_A", "path_B", "prompt"} <= cols:
+        return _load_videoalign(df, path, dimension)
+    if {"prompt", "chosen", "rejected"} <= cols:
+        return _load_chosen_rejected(df, path, dimension)
+    raise DataError(
+        f"{path}: columns {sorted(cols)} match no known format "
+        "(VideoAlign: path_A, path_B, prompt, VQ, MQ, TA; or prompt, chosen, rejected)"
+    )
+
+
+def _check_common(row_no: int, rec: dict, base: Path, path_cols: tuple[str, str]):
+    """Validate prompt and the two paths; return (prompt, paths, rejects)."""
+    rejects = []
+    prompt = str(rec.get("prompt", "") or "").strip()
+    if not prompt or prompt.lower() == "nan":
+        rejects.append(Reject(row_no, "prompt", repr(rec.get("prompt")), "empty prompt"))
+    paths = []
+    for col in path_cols:
+        p = _resolve(base, rec.get(col))
+        if p is None:
+            rejects.append(Reject(row_no, col, repr(rec.get(col)), "missing video path"))
+        elif not p.is_file():
+            rejects.append(Reject(row_no, col, str(rec.get(col)), f"video file not found: {p}"))
+        paths.append(p)
+    return prompt, paths, rejects
+
+
+def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str) -> LoadResult:
+    base = path.parent
+    res = LoadResult(source=str(path), total_rows=len(df))
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        prompt, (pa, pb), rejects = _check_common(i, rec, base, ("path_A", "path_B"))
+        labels: dict[str, int | None] = {}
+        for d in DIMENSIONS:
+            try:
+                labels[d] = parse_label(rec.get(d))
+            except LabelError as exc:
+                rejects.append(Reject(i, d, str(rec.get(d)), str(exc)))
+        if rejects:
+            res.rejects.extend(rejects)
+            continue
+        decisive = overall_label(labels) if dimension == "overall" else labels[dimension]
+        if decisive is None:
+            res.rejects.append(Reject(i, dimension, "", f"no label for dimension {dimension}"))
+            continue
+        if decisive == 0:
+            res.ties += 1
+            continue
+        a, b = str(pa), str(pb)
+        chosen, rejected = (a, b) if decisive > 0 else (b, a)
+        mos = {}
+        for side in ("A", "B"):
+            for d in DIMENSIONS:
+                v = pd.to_numeric(rec.get(f"MOS_{side}_{d}"), errors="coerce")
+                if v is not None and pd.notna(v):
+                    mos[f"{side}_{d}"] = float(v)
+        res.pairs.append(
+            PreferencePair(_pair_id(prompt, a, b), i, prompt, chosen, rejected, labels=labels, mos=mos)
+        )
+    return res
+
+
+def _load_chosen_rejected(df: pd.DataFrame, path: Path, dimension: str) -> LoadResult:
+    base = path.parent
+    res = LoadResult(source=str(path), total_rows=len(df))
+    has_dim = "dimension" in df.columns
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        prompt, (pc, pr), rejects = _check_common(i, rec, base, ("chosen", "rejected"))
+        row_dims: tuple[str, ...] = DIMENSIONS
+        if has_dim:
+            raw = str(rec.get("dimension") or "").strip()
+            mapped = FETV_DIMENSIONS.get(raw.upper())
+            if mapped is None:
+                rejects.append(Reject(i, "dimension", raw, "unknown dimension (VQ/MQ/TA or SQ/TQ/Alignment)"))
+            else:
+                row_dims = (mapped,)
+        if rejects:
+            res.rejects.extend(rejects)
+            continue
+        if dimension != "overall" and dimension not in row_dims:
+            res.other_dimension += 1
+            continue
+        c, r = str(pc), str(pr)
+        if c == r:
+            res.rejects.append(Reject(i, "rejected", str(rec.get("rejected")), "chosen and rejected are the same file"))
+            continue
+        # labels from the chosen video's point of view (A = chosen): +1 on the dimensions the row speaks for.
+        labels = {d: (1 if d in row_dims else None) for d in DIMENSIONS}
+        res.pairs.append(PreferencePair(_pair_id(prompt, c, r), i, prompt, c, r, labels=labels))
+    return res
+
+
+def write_rejects(path: str | Path, rejects: list[Reject]) -> Path:
+    """Write rejects as CSV (row, column, value, reason) atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "column", "value", "reason"])
+        for r in sorted(rejects, key=lambda r: (r.row, r.column)):
+            w.writerow([r.row, r.column, r.value, r.reason])
+    return path
+
+
+def check_reject_budget(result: LoadResult, max_reject_fraction: float) -> None:
+    """Raise DataError when no pair is left or rejects exceed ``max_reject_fraction`` of the rows."""
+    n = max(result.total_rows, 1)
+    frac = len(result.rejects) / n
+    if frac > max_reject_fraction:
+        raise DataError(
+            f"{result.source}: {len(result.rejects)} of {result.total_rows} rows rejected "
+            f"({frac:.0%} > max_reject_fraction {max_reject_fraction:.0%}); see rejects.csv"
+        )
+    if not result.pairs:
+        raise DataError(f"{result.source}: no usable preference pair ({result.summary()}); see rejects.csv")

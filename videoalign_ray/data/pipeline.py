@@ -1,0 +1,197 @@
+"""Ray Data pipeline: preference pairs -> decoded videos -> VAE latents (cached) -> training rows.
+
+    unique videos --map(decode, tasks)--> frames --map_batches(LatentEncoder, actor pool)--> latent cache
+    unique prompts --map_batches(PromptEncoder, actor pool)--> embedding cache
+    good pairs --map(load from cache)--> {pair_id, chosen, rejected, prompt_embeds}  (materialized)
+
+Decode runs as plain tasks spread over the cluster; each encoder actor loads its model once. A rerun
+finds every entry in the cache and skips both decode and encode. A video that fails to decode rejects
+every pair that uses it, with the decoder's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from videoalign_ray.data.cache import TensorCache, prompt_key, video_key
+from videoalign_ray.data.schema import PreferencePair, Reject
+from videoalign_ray.data.transforms import resize_center_crop
+from videoalign_ray.data.video import VideoDecodeError, load_video
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """What the generator needs: frames, pixel size, text length, and where models and cache live."""
+
+    model_dir: str
+    cache_dir: str
+    num_frames: int
+    height: int
+    width: int
+    max_text_tokens: int
+    vae_id: str
+    text_encoder_id: str
+    min_decoded_fraction: float = 0.5
+    encoder_actors: int = 1
+    use_gpu: bool = False
+
+
+@dataclass
+class EncodedPairs:
+    """The training dataset (materialized) plus what was rejected and cache statistics."""
+
+    dataset: Any
+    rejects: list[Reject] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def _decode_row(row: dict, spec: EncodeSpec) -> dict:
+    cache = TensorCache(spec.cache_dir)
+    empty = np.zeros((0, spec.height, spec.width, 3), np.uint8)
+    out = {"path": row["path"], "key": "", "frames": empty, "status": "error", "error": ""}
+    try:
+        key = video_key(row["path"], spec.num_frames, spec.height, spec.width, spec.vae_id)
+        out["key"] = key
+        if cache.has(key):
+            out["status"] = "cached"
+            return out
+        video = load_video(row["path"], num_frames=spec.num_frames, min_decoded_fraction=spec.min_decoded_fraction)
+        out["frames"] = resize_center_crop(video.frames, spec.height, spec.width, sar=video.info.sar)
+        out["status"] = "decoded"
+    except (VideoDecodeError, OSError, ValueError) as exc:
+        out["error"] = str(exc)
+    return out
+
+
+class LatentEncoder:
+    """Ray Data actor: loads the VAE once, encodes decoded frames and writes latents to the cache."""
+
+    def __init__(self, spec: EncodeSpec):
+        import torch
+
+        from videoalign_ray.flow.model import load_vae
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.spec = spec
+        self.cache = TensorCache(spec.cache_dir)
+        self.device = "cuda" if spec.use_gpu else "cpu"
+        self.vae = load_vae(spec.model_dir).to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from videoalign_ray.flow.model import encode_frames
+
+        status = list(batch["status"])
+        errors = list(batch["error"])
+        for i, st in enumerate(status):
+            if st != "decoded":
+                continue
+            try:
+                self.cache.put(str(batch["key"][i]), encode_frames(self.vae, np.asarray(batch["frames"][i])))
+                status[i] = "encoded"
+            except Exception as exc:  # noqa: BLE001 - reported per video, the batch goes on
+                status[i], errors[i] = "error", f"{batch['path'][i]}: VAE encode failed ({exc})"
+        return {"path": batch["path"], "key": batch["key"], "status": np.array(status), "error": np.array(errors)}
+
+
+class PromptEncoder:
+    """Ray Data actor: loads the text encoder once, writes prompt embeddings ``(L, D)`` to the cache."""
+
+    def __init__(self, spec: EncodeSpec):
+        from videoalign_ray.flow.model import TextEncoder
+
+        self.spec = spec
+        self.cache = TensorCache(spec.cache_dir)
+        self.encoder = TextEncoder(spec.model_dir, spec.max_text_tokens, "cuda" if spec.use_gpu else "cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [str(p) for p in batch["prompt"]]
+        keys = [prompt_key(p, self.spec.text_encoder_id, self.spec.max_text_tokens) for p in prompts]
+        todo = [i for i, k in enumerate(keys) if not self.cache.has(k)]
+        if todo:
+            embeds = self.encoder.encode([prompts[i] for i in todo])
+            for j, i in enumerate(todo):
+                self.cache.put(keys[i], embeds[j])
+        return {"prompt": batch["prompt"], "key": np.array(keys)}
+
+
+def _load_pair(row: dict, cache_dir: str) -> dict:
+    cache = TensorCache(cache_dir)
+    out = {}
+    for col in ("chosen", "rejected", "prompt_embeds"):
+        value = cache.get(row[f"{col}_key"])
+        if value is None:
+            raise FileNotFoundError(
+                f"latent cache entry {row[f'{col}_key']} missing for pair {row['pair_id']} "
+                "(on a multi-node cluster cache_dir must be shared storage)"
+            )
+        out[col] = value.numpy()
+    return out
+
+
+def encode_pairs(pairs: list[PreferencePair], spec: EncodeSpec) -> EncodedPairs:
+    """Decode and encode every video and prompt of ``pairs`` with Ray Data; build the training dataset.
+
+    Returns:
+        EncodedPairs: ``dataset`` rows (ordered by pair_id) ``{chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
+        prompt_embeds: (L, D) f32}``; ``rejects`` for pairs whose video failed.
+    """
+    videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
+    decoded = (
+        ray.data.from_items([{"path": v} for v in videos], override_num_blocks=min(len(videos), 64))
+        .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=1)
+        .map_batches(
+            LatentEncoder,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=4,
+            concurrency=spec.encoder_actors,
+            num_gpus=1 if spec.use_gpu else 0,
+        )
+        .materialize()
+    )
+    video_rows = {r["path"]: r for r in decoded.take_all()}
+    prompts = sorted({p.prompt for p in pairs})
+    prompt_rows = (
+        ray.data.from_items([{"prompt": p} for p in prompts])
+        .map_batches(
+            PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64, concurrency=1,
+            num_gpus=1 if spec.use_gpu else 0,
+        )
+        .take_all()
+    )
+    prompt_keys = {r["prompt"]: r["key"] for r in prompt_rows}
+
+    rejects: list[Reject] = []
+    items = []
+    for p in pairs:
+        bad = [(col, path) for col, path in (("chosen", p.chosen), ("rejected", p.rejected))
+               if video_rows[path]["status"] == "error"]
+        if bad:
+            for col, path in bad:
+                rejects.append(Reject(p.row, col, path, video_rows[path]["error"] or "undecodable video"))
+            continue
+        items.append({
+            "pair_id": p.pair_id,
+            "chosen_key": video_rows[p.chosen]["key"],
+            "rejected_key": video_rows[p.rejected]["key"],
+            "prompt_embeds_key": prompt_keys[p.prompt],
+        })
+    stats = {
+        "videos": len(videos),
+        "videos_cached": sum(r["status"] == "cached" for r in video_rows.values()),
+        "videos_encoded": sum(r["status"] == "encoded" for r in video_rows.values()),
+        "videos_failed": sum(r["status"] == "error" for r in video_rows.values()),
+        "prompts": len(prompts),
+    }
+    items.sort(key=lambda r: r["pair_id"])
+    dataset = None
+    if items:
+        dataset = (
+            ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 32)))
+            .map(_load_pair, fn_kwargs={"cache_dir": spec.cache_dir})
+            .materialize()
+        )
+    return EncodedPairs(dataset=dataset, rejects=rejects, stats=stats)

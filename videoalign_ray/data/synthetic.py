@@ -1,0 +1,145 @@
+"""A procedural text-to-video world with known ground truth: the built-in default dataset.
+
+A prompt names a colour, a shape and a motion ("a red circle moving left to right"). A video renders a
+shape on a plain background with three independent quality knobs in [0, 1] (1 = perfect):
+- ``vq`` (visual quality): blur and pixel noise grow as vq falls;
+- ``mq`` (motion quality): trajectory jitter and frame drops grow as mq falls;
+- ``ta`` (text alignment): below 0.5 the colour is wrong, below 0.25 the direction too.
+Preference labels per dimension come from the knob gaps (a gap under ``tie_margin`` is ``same``).
+Deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from videoalign_ray.fileio import atomic_path
+
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square")
+MOTIONS = {"left to right": (1, 0), "right to left": (-1, 0), "top to bottom": (0, 1), "bottom to top": (0, -1)}
+BACKGROUND = (235, 235, 235)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a prompt asks for."""
+
+    color: str
+    shape: str
+    motion: str
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.color} {self.shape} moving {self.motion}"
+
+
+def all_scenes() -> list[Scene]:
+    return [Scene(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
+
+
+def _blur(frame: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return frame
+    out = frame.astype(np.float32)
+    k = 2 * radius + 1
+    for axis in (0, 1):
+        pad = [(0, 0)] * 3
+        pad[axis] = (radius, radius)
+        p = np.pad(out, pad, mode="edge")
+        c = np.cumsum(p, axis=axis, dtype=np.float32)
+        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+        out = (np.take(c, range(k, c.shape[axis]), axis=axis) - np.take(c, range(0, c.shape[axis] - k), axis=axis)) / k
+    return out
+
+
+def render(
+    scene: Scene, *, vq: float = 1.0, mq: float = 1.0, ta: float = 1.0, num_frames: int = 16, size: int = 32,
+    seed: int = 0,
+) -> np.ndarray:
+    """Render uint8 frames ``(num_frames, size, size, 3)`` of ``scene`` with the given quality knobs."""
+    rng = np.random.default_rng(seed)
+    color, (dx, dy) = scene.color, MOTIONS[scene.motion]
+    if ta < 0.5:  # wrong colour
+        color = [c for c in COLORS if c != scene.color][rng.integers(len(COLORS) - 1)]
+    if ta < 0.25:  # and wrong direction
+        dx, dy = -dx, -dy
+    radius = size * 0.16
+    margin = radius + 1
+    path = np.linspace(0.0, 1.0, num_frames)
+    jitter = (1.0 - mq) * size * 0.25
+    if mq < 0.6:  # frame drops: hold positions
+        hold = rng.random(num_frames) < (0.6 - mq)
+        for i in range(1, num_frames):
+            if hold[i]:
+                path[i] = path[i - 1]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    frames = np.empty((num_frames, size, size, 3), np.float32)
+    for i, s in enumerate(path):
+        pos = margin + s * (size - 2 * margin)
+        cx = pos if dx > 0 else size - pos if dx < 0 else size / 2
+        cy = pos if dy > 0 else size - pos if dy < 0 else size / 2
+        cx += rng.normal(0, jitter) if jitter else 0.0
+        cy += rng.normal(0, jitter) if jitter else 0.0
+        if scene.shape == "circle":
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
+        else:
+            mask = (np.abs(xx - cx) <= radius) & (np.abs(yy - cy) <= radius)
+        img = np.empty((size, size, 3), np.float32)
+        img[:] = BACKGROUND
+        img[mask] = COLORS[color]
+        img = _blur(img, int(round((1.0 - vq) * 3)))
+        img += rng.normal(0, (1.0 - vq) * 40.0, img.shape)
+        frames[i] = img
+    return np.clip(frames, 0, 255).round().astype(np.uint8)
+
+
+def _label(a: float, b: float, tie_margin: float) -> str:
+    if abs(a - b) < tie_margin:
+        return "same"
+    return "A" if a > b else "B"
+
+
+def make_preference_dataset(
+    out_dir: str | Path, *, num_pairs: int = 24, num_frames: int = 16, size: int = 32, fps: int = 8,
+    tie_margin: float = 0.15, seed: int = 0,
+) -> Path:
+    """Write ``num_pairs`` pairs of mp4s plus ``pairs.csv`` (VideoAlign format) into ``out_dir``.
+
+    Returns the CSV path. Skips the work when the CSV already exists (written last, atomically).
+    """
+    from videoalign_ray.data.video import write_mp4
+
+    out_dir = Path(out_dir)
+    csv_path = out_dir / "pairs.csv"
+    if csv_path.is_file():
+        return csv_path
+    rng = np.random.default_rng(seed)
+    scenes = all_scenes()
+    rows = []
+    for i in range(num_pairs):
+        scene = scenes[rng.integers(len(scenes))]
+        knobs = [{d: float(rng.choice([0.2, 0.5, 0.8, 1.0])) for d in ("vq", "mq", "ta")} for _ in range(2)]
+        paths = []
+        for side, k in zip("AB", knobs, strict=True):
+            rel = f"videos/pair{i:04d}_{side}.mp4"
+            frames = render(scene, num_frames=num_frames, size=size, seed=seed * 100_003 + 2 * i + (side == "B"), **k)
+            write_mp4(out_dir / rel, frames, fps=fps)
+            paths.append(rel)
+        rows.append({
+            "path_A": paths[0], "path_B": paths[1], "prompt": scene.prompt,
+            "VQ": _label(knobs[0]["vq"], knobs[1]["vq"], tie_margin),
+            "MQ": _label(knobs[0]["mq"], knobs[1]["mq"], tie_margin),
+            "TA": _label(knobs[0]["ta"], knobs[1]["ta"], tie_margin),
+            "fps_A": fps, "num_frames_A": num_frames, "fps_B": fps, "num_frames_B": num_frames,
+            **{f"MOS_{s}_{d.upper()}": round(1 + 4 * k[d], 2) for s, k in zip("AB", knobs, strict=True) for d in k},
+        })
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return csv_path

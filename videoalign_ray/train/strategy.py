@@ -1,0 +1,110 @@
+"""DeepSpeed set-up and checkpointing for the Ray Train workers (the one place that knows DeepSpeed).
+
+CPU: gloo (the process group Ray Train created) and ``torch_adam`` (no 40 s fused-Adam JIT build), fp32.
+GPU: NCCL and bf16. ZeRO stage 0/1/2/3 from config.
+
+A checkpoint folder holds: ``ds/`` (DeepSpeed engine + optimizer, per rank), ``state.json`` (step, data
+position, MLflow run id) and, from rank 0, ``adapter/`` (LoRA weights, safetensors) or ``model/`` (full).
+The DeepSpeed files are this project's own resume state, loaded only from our own storage; weights
+published for others to use are the safetensors ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DS_TAG = "ds"
+
+
+def deepspeed_config(
+    *, micro_batch: int, grad_accum: int, zero_stage: int, lr: float, weight_decay: float, grad_clip: float,
+    bf16: bool, world_size: int,
+) -> dict[str, Any]:
+    """The DeepSpeed JSON config for one of our jobs (AdamW, constant lr)."""
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if zero_stage in (1, 2):
+        zero.update(overlap_comm=False, contiguous_gradients=True)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world_size,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
+                       "torch_adam": True},
+        },
+        "gradient_clipping": grad_clip if grad_clip > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def init_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
+    """Wrap ``model`` (its trainable parameters) in a DeepSpeed engine on the existing process group."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter")
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    return engine
+
+
+def trainable_state_dict(engine, lora: bool) -> dict[str, torch.Tensor]:
+    """Full (gathered) trainable weights on every rank: the LoRA adapter or the whole model, on CPU."""
+    import deepspeed
+
+    module = engine.module
+    params = [p for p in module.parameters() if p.requires_grad] if lora else list(module.parameters())
+    stage3 = engine.zero_optimization_stage() == 3
+    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if stage3 else contextlib.nullcontext()
+    with ctx:
+        if lora:
+            from peft.utils import get_peft_model_state_dict
+
+            sd = get_peft_model_state_dict(module)
+        else:
+            sd = module.state_dict()
+        return {k: v.detach().float().cpu().clone() for k, v in sd.items()}
+
+
+def save_checkpoint(engine, folder: Path, state: dict[str, Any], *, lora: bool, rank: int, adapter_config: dict) -> None:
+    """Write this rank's part of a checkpoint into ``folder`` (all ranks must call it)."""
+    from safetensors.torch import save_file
+
+    engine.save_checkpoint(str(folder), tag=DS_TAG, exclude_frozen_parameters=lora)
+    weights = trainable_state_dict(engine, lora)
+    if rank == 0:
+        sub = folder / ("adapter" if lora else "model")
+        sub.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(sub / ("adapter_model.safetensors" if lora else "model.safetensors")))
+        (sub / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        (folder / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def load_checkpoint(engine, folder: Path, *, lora: bool) -> dict[str, Any]:
+    """Restore engine + optimizer from ``folder``; return its ``state.json``.
+
+    Raises:
+        FileNotFoundError: the folder lacks ``state.json`` or the DeepSpeed files (an incomplete checkpoint).
+    """
+    state_file = folder / "state.json"
+    if not state_file.is_file() or not (folder / DS_TAG).is_dir():
+        raise FileNotFoundError(f"incomplete checkpoint {folder}: missing state.json or {DS_TAG}/")
+    load_path, _ = engine.load_checkpoint(
+        str(folder), tag=DS_TAG, load_module_strict=not lora, load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+    )
+    if load_path is None:
+        raise FileNotFoundError(f"DeepSpeed found no checkpoint under {folder}/{DS_TAG}")
+    return json.loads(state_file.read_text())
