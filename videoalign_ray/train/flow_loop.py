@@ -89,7 +89,14 @@ def _velocity(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> 
 
 
 def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Generator, device, dtype):
-    """One micro-batch: shared t and eps per pair, policy vs reference errors, Flow-DPO (or SFT) loss."""
+    """One micro-batch: shared t and eps per pair, policy vs reference errors, Flow-DPO (or SFT) loss.
+
+    ``engine`` is the DeepSpeed engine (or the bare model); ``reference`` a frozen copy, or None for LoRA,
+    where the reference is the same network with its adapters disabled. ``batch``: ``chosen`` /
+    ``rejected`` latents ``(B, C, F, h, w)`` and ``prompt_embeds`` ``(B, L, D)``. ``gen`` draws ``t`` (B,)
+    and then ``eps`` (B, C, F, h, w), in that order.
+    """
+    module = getattr(engine, "module", engine)
     x_w = batch["chosen"].to(device=device, dtype=torch.float32)
     x_l = batch["rejected"].to(device=device, dtype=torch.float32)
     text = batch["prompt_embeds"].to(device=device, dtype=dtype)
@@ -107,11 +114,11 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
     text2 = torch.cat([text, text])
     with torch.no_grad():
         if reference is None:  # LoRA: the reference is the same network with its adapters disabled
-            engine.module.disable_adapters()
+            module.disable_adapters()
             try:
                 ref_pred = _velocity(engine, x_t, tt, text2)
             finally:
-                engine.module.enable_adapters()
+                module.enable_adapters()
         else:
             ref_pred = _velocity(reference, x_t, tt, text2)
     pred = _velocity(engine, x_t, tt, text2)

@@ -1,0 +1,25 @@
+"""Shared fixtures: the ../shared/data folder (tests skip with a reason without it) and a tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("VIDEOALIGN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data not found at {SHARED_DATA} (set VIDEOALIGN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from videoalign_ray.flow.model import materialize_tiny_base
+
+    return materialize_tiny_base(tmp_path_factory.mktemp("tiny") / "base_model", seed=0)

@@ -1,0 +1,102 @@
+"""End to end on a local Ray: the Flow-DPO job, resume, a killed worker, bad videos, MLflow contents."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videoalign_ray.config import validate_config
+from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _cfg(out: Path, **kw) -> FlowDPOConfig:
+    values = dict(output_dir=str(out), max_steps=4, checkpoint_every=2, num_samples=1, sample_steps=3,
+                  num_workers=2, zero_stage=2)
+    values.update(kw)
+    return validate_config(FlowDPOConfig, values)
+
+
+def _mlflow_run(summary):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["mlflow_tracking_uri"])
+    return client, client.get_run(summary["mlflow_run_id"])
+
+
+def test_default_job_then_resume(tmp_path):
+    out = tmp_path / "run"
+    s1 = run_flow_job(_cfg(out))
+    assert s1["steps"] == 4 and s1["pairs_used"] > 0 and s1["rejects"] == 0
+    assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "final" / "config.yaml").is_file() and (out / "rejects.csv").is_file()
+    assert len(s1["samples"]) == 2 and all(Path(p).stat().st_size > 0 for p in s1["samples"])
+    client, run = _mlflow_run(s1)
+    assert run.info.status == "FINISHED"
+    hist = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted({m.step for m in hist}) == [1, 2, 3, 4]
+    assert {"implicit_acc", "chosen_gap", "rejected_gap", "kl_proxy", "step_time_s"} <= set(run.data.metrics)
+    assert run.data.params["beta"] == "500.0"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "final/adapter")}
+    assert "final/adapter/adapter_model.safetensors" in arts
+
+    # Same output folder, more steps: resumes from step 4, reuses the latent cache and the MLflow run.
+    s2 = run_flow_job(_cfg(out, max_steps=6))
+    assert s2["steps"] == 6
+    assert s2["mlflow_run_id"] == s1["mlflow_run_id"] and s2["resumed_mlflow_run"]
+    assert s2["data_stats"]["videos_cached"] == s2["data_stats"]["videos"] > 0
+    assert s2["data_stats"]["videos_encoded"] == 0
+    hist = _mlflow_run(s2)[0].get_metric_history(s1["mlflow_run_id"], "loss")
+    assert max(m.step for m in hist) == 6
+
+
+def test_killed_worker_resumes_to_same_result(tmp_path):
+    data = tmp_path / "data"
+    base = dict(max_steps=8, checkpoint_every=2, num_samples=0, seed=3)
+    # Both runs share the built-in data written once, so inputs are byte-identical.
+    clean = run_flow_job(_cfg(tmp_path / "clean", data=None, **base))
+    shutil.copytree(tmp_path / "clean" / "builtin_data", data)
+    clean2 = run_flow_job(_cfg(tmp_path / "clean2", data=str(data / "pairs.csv"), **base))
+    faulty = run_flow_job(_cfg(tmp_path / "faulty", data=str(data / "pairs.csv"), fail_at_step=5, **base))
+    assert (tmp_path / "faulty" / ".fault_injected").is_file(), "the fault was never injected"
+    assert faulty["steps"] == clean2["steps"] == clean["steps"] == 8
+    assert faulty["final_metrics"]["loss"] == pytest.approx(clean2["final_metrics"]["loss"], abs=1e-6)
+    a = load_file(Path(clean2["checkpoint"]) / "adapter" / "adapter_model.safetensors")
+    b = load_file(Path(faulty["checkpoint"]) / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k), "training did not move the adapter"
+
+
+def test_bad_videos_are_rejected_and_training_continues(tmp_path):
+    from videoalign_ray.data.synthetic import make_preference_dataset
+
+    csv_path = make_preference_dataset(tmp_path / "data", num_pairs=12, seed=1)
+    (tmp_path / "data" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    df = pd.read_csv(csv_path)
+    bad = df.iloc[0].copy()
+    bad["path_A"], bad["VQ"], bad["MQ"], bad["TA"] = "videos/broken.mp4", "A", "A", "A"
+    pd.concat([df, bad.to_frame().T], ignore_index=True).to_csv(tmp_path / "data" / "with_bad.csv", index=False)
+    s = run_flow_job(_cfg(tmp_path / "run", data=str(tmp_path / "data" / "with_bad.csv"), max_steps=2,
+                          num_samples=0))
+    rejects = pd.read_csv(s["rejects_csv"])
+    row = rejects[rejects["column"] == "chosen"]
+    assert len(row) == 1 and row.iloc[0]["row"] == len(df) + 1
+    assert "broken.mp4" in row.iloc[0]["value"] and "cannot open video" in row.iloc[0]["reason"]
+    assert s["rejects"] == 1 and s["steps"] == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rejects"] == 1
+    assert torch.isfinite(torch.tensor(s["final_metrics"]["loss"]))
