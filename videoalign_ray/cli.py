@@ -27,8 +27,16 @@ def main_for(cls: type[JobConfig], run: Callable[[JobConfig], dict], description
     try:
         cfg = resolve_config(cls, argv, description or "")
         summary = run(cfg)
+        _shutdown_ray()  # flush the workers' log lines before the summary, so the summary prints last
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary)
     return 0
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

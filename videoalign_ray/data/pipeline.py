@@ -22,6 +22,8 @@ from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, load_video
 
+DECODE_CPUS = 0.5
+
 
 @dataclass(frozen=True)
 class EncodeSpec:
@@ -142,12 +144,15 @@ def encode_pairs(pairs: list[PreferencePair], spec: EncodeSpec) -> EncodedPairs:
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
     decoded = (
         ray.data.from_items([{"path": v} for v in videos], override_num_blocks=min(len(videos), 64))
-        .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=1)
+        # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
+        # operator (tasks spread over the cluster) instead of fusing decode into the actors.
+        .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
         .map_batches(
             LatentEncoder,
             fn_constructor_kwargs={"spec": spec},
             batch_size=4,
-            concurrency=spec.encoder_actors,
+            compute=ray.data.ActorPoolStrategy(size=spec.encoder_actors),
+            num_cpus=1,
             num_gpus=1 if spec.use_gpu else 0,
         )
         .materialize()
@@ -157,8 +162,8 @@ def encode_pairs(pairs: list[PreferencePair], spec: EncodeSpec) -> EncodedPairs:
     prompt_rows = (
         ray.data.from_items([{"prompt": p} for p in prompts])
         .map_batches(
-            PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64, concurrency=1,
-            num_gpus=1 if spec.use_gpu else 0,
+            PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64,
+            compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if spec.use_gpu else 0,
         )
         .take_all()
     )

@@ -248,6 +248,7 @@ def load_video(
     num_frames: int | None = None,
     min_decoded_fraction: float = 0.5,
     max_frames: int = 768,
+    backend: str = "auto",
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video (see :func:`sample_indices`).
 
@@ -258,6 +259,8 @@ def load_video(
         min_decoded_fraction: reject when fewer than this fraction of the frames the container claims
             can be decoded (a truncated file).
         max_frames: upper clamp for the fps-based count.
+        backend: ``auto`` (decord where it is safe, else PyAV), ``pyav`` (always PyAV) or ``decord``
+            (decord where it is safe, with no fallback: for benchmarks).
 
     Raises:
         VideoDecodeError: unreadable, empty, or truncated beyond ``min_decoded_fraction``.
@@ -269,14 +272,20 @@ def load_video(
         if total <= 0:
             raise VideoDecodeError(f"{info.path}: no decodable frame")
     indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames)
-    backend = "pyav"
+    if backend not in ("auto", "pyav", "decord"):
+        raise ValueError(f"unknown backend {backend!r}")
+    used = "pyav"
     frames = None
-    if _use_decord(info):
+    if backend != "pyav" and _use_decord(info):
         try:
             frames = _decode_decord(info, indices)
-            backend = "decord"
-        except Exception:  # noqa: BLE001 - any decord failure falls back to PyAV
+            used = "decord"
+        except Exception as exc:  # noqa: BLE001 - any decord failure falls back to PyAV
+            if backend == "decord":
+                raise VideoDecodeError(f"{info.path}: decord failed ({exc})") from exc
             frames = None
+    elif backend == "decord":
+        raise VideoDecodeError(f"{info.path}: decord is unsafe for {info.codec}/{info.pix_fmt}/{info.container}")
     if frames is None:
         try:
             frames, decoded = _decode_pyav(info, indices)
@@ -295,7 +304,7 @@ def load_video(
                 decoded, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames
             )
             frames, _ = _decode_pyav(info, indices)
-    return DecodedVideo(frames=_rotate(frames, info.rotation), indices=indices, info=info, backend=backend)
+    return DecodedVideo(frames=_rotate(frames, info.rotation), indices=indices, info=info, backend=used)
 
 
 
