@@ -62,6 +62,9 @@ class DataSection(JobConfig):
         0.5, ge=0.0, le=1.0, description="Reject a video whose decodable frames are fewer than this fraction of "
         "the frames its container claims (truncated files)."
     )
+    video_backend: Literal["auto", "pyav"] = Field(
+        "auto", description="auto: decord where it is safe, PyAV otherwise; pyav: always PyAV."
+    )
     cache_dir: str | None = Field(None, description="Latent cache; default <output_dir>/cache. Shared storage on clusters.")
 
 

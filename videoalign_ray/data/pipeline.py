@@ -38,6 +38,7 @@ class EncodeSpec:
     vae_id: str
     text_encoder_id: str
     min_decoded_fraction: float = 0.5
+    video_backend: str = "auto"
     encoder_actors: int = 1
     use_gpu: bool = False
 
@@ -61,7 +62,8 @@ def _decode_row(row: dict, spec: EncodeSpec) -> dict:
         if cache.has(key):
             out["status"] = "cached"
             return out
-        video = load_video(row["path"], num_frames=spec.num_frames, min_decoded_fraction=spec.min_decoded_fraction)
+        video = load_video(row["path"], num_frames=spec.num_frames, min_decoded_fraction=spec.min_decoded_fraction,
+                           backend=spec.video_backend)
         out["frames"] = resize_center_crop(video.frames, spec.height, spec.width, sar=video.info.sar)
         out["status"] = "decoded"
     except (VideoDecodeError, OSError, ValueError) as exc:

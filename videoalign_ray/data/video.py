@@ -187,7 +187,7 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _decode_decord(info: VideoInfo, indices: np.ndarray) -> np.ndarray:
-    vr = decord.VideoReader(info.path, num_threads=1)
+    vr = decord.VideoReader(info.path, num_threads=0)  # 0 = decord picks (like PyAV AUTO)
     n = len(vr)
     if n != info.num_frames:
         raise VideoDecodeError(f"decord counts {n} frames, container {info.num_frames}")

@@ -114,7 +114,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         num_frames=num_frames, height=height, width=width, max_text_tokens=preset.max_text_tokens,
         vae_id=component_id(model_dir, "vae"),
         text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
-        min_decoded_fraction=cfg.min_decoded_fraction, use_gpu=use_gpu,
+        min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
     )
     encoded = encode_pairs(loaded.pairs, spec) if loaded.pairs else None
     rejects = loaded.rejects + (encoded.rejects if encoded else [])
