@@ -25,8 +25,8 @@ def _cfg(**kw):
 def batch():
     g = torch.Generator().manual_seed(3)
     return {
-        "chosen": torch.randn(2, 4, 5, 8, 8, generator=g),
-        "rejected": torch.randn(2, 4, 5, 8, 8, generator=g),
+        "chosen": torch.randn(2, 3, 4, 16, 16, generator=g),
+        "rejected": torch.randn(2, 3, 4, 16, 16, generator=g),
         "prompt_embeds": torch.randn(2, 6, 384, generator=g),
     }
 

@@ -23,7 +23,8 @@ def wan_like_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("wan") / "Wan-mini-Diffusers"
     torch.manual_seed(0)
-    WanTransformer3DModel(**{**TINY_TRANSFORMER, "text_dim": 64}).save_pretrained(root / "transformer")
+    WanTransformer3DModel(**{**TINY_TRANSFORMER, "text_dim": 64, "in_channels": 4, "out_channels": 4,
+                             "patch_size": (1, 2, 2)}).save_pretrained(root / "transformer")
     AutoencoderKLWan(**TINY_VAE).save_pretrained(root / "vae")
     UMT5EncoderModel(UMT5Config(vocab_size=30522, d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4)
                      ).save_pretrained(root / "text_encoder")

@@ -4,7 +4,8 @@ A prompt names a colour, a shape and a motion ("a red circle moving left to righ
 shape on a plain background with three independent quality knobs in [0, 1] (1 = perfect):
 - ``vq`` (visual quality): blur and pixel noise grow as vq falls;
 - ``mq`` (motion quality): trajectory jitter and frame drops grow as mq falls;
-- ``ta`` (text alignment): below 0.5 the colour is wrong, below 0.25 the direction too.
+- ``ta`` (text alignment): the colour drifts from the prompt's toward another one as ta falls (linear),
+  below 0.3 the direction is reversed and below 0.15 the shape is the other one.
 Preference labels per dimension come from the knob gaps (a gap under ``tie_margin`` is ``same``).
 Deterministic by seed.
 """
@@ -39,7 +40,23 @@ class Scene:
 
 
 def all_scenes() -> list[Scene]:
+    """The world's 32 prompts (4 colours x 2 shapes x 4 motions), in a fixed order."""
     return [Scene(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
+
+
+def split_scenes(heldout_fraction: float = 0.25, seed: int = 0) -> tuple[list[Scene], list[Scene]]:
+    """Disjoint (train, held-out) prompt lists; every colour, shape and motion still occurs in train."""
+    scenes = all_scenes()
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        order = rng.permutation(len(scenes))
+        n_held = max(1, round(heldout_fraction * len(scenes)))
+        held = [scenes[i] for i in order[:n_held]]
+        train = [scenes[i] for i in order[n_held:]]
+        if all({getattr(s, a) for s in train} == set(v) for a, v in
+               (("color", COLORS), ("shape", SHAPES), ("motion", MOTIONS))):
+            return train, held
+    raise RuntimeError("no split keeps every attribute in train")
 
 
 def _blur(frame: np.ndarray, radius: int) -> np.ndarray:
@@ -63,11 +80,13 @@ def render(
 ) -> np.ndarray:
     """Render uint8 frames ``(num_frames, size, size, 3)`` of ``scene`` with the given quality knobs."""
     rng = np.random.default_rng(seed)
-    color, (dx, dy) = scene.color, MOTIONS[scene.motion]
-    if ta < 0.5:  # wrong colour
-        color = [c for c in COLORS if c != scene.color][rng.integers(len(COLORS) - 1)]
-    if ta < 0.25:  # and wrong direction
+    (dx, dy), shape = MOTIONS[scene.motion], scene.shape
+    wrong = [c for c in COLORS if c != scene.color][rng.integers(len(COLORS) - 1)]
+    color = ta * np.array(COLORS[scene.color], np.float32) + (1 - ta) * np.array(COLORS[wrong], np.float32)
+    if ta < 0.3:  # wrong direction
         dx, dy = -dx, -dy
+    if ta < 0.15:  # and wrong shape
+        shape = SHAPES[1 - SHAPES.index(shape)]
     radius = size * 0.16
     margin = radius + 1
     path = np.linspace(0.0, 1.0, num_frames)
@@ -85,13 +104,13 @@ def render(
         cy = pos if dy > 0 else size - pos if dy < 0 else size / 2
         cx += rng.normal(0, jitter) if jitter else 0.0
         cy += rng.normal(0, jitter) if jitter else 0.0
-        if scene.shape == "circle":
+        if shape == "circle":
             mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
         else:
             mask = (np.abs(xx - cx) <= radius) & (np.abs(yy - cy) <= radius)
         img = np.empty((size, size, 3), np.float32)
         img[:] = BACKGROUND
-        img[mask] = COLORS[color]
+        img[mask] = color
         img = _blur(img, int(round((1.0 - vq) * 3)))
         img += rng.normal(0, (1.0 - vq) * 40.0, img.shape)
         frames[i] = img
@@ -106,27 +125,31 @@ def _label(a: float, b: float, tie_margin: float) -> str:
 
 def make_preference_dataset(
     out_dir: str | Path, *, num_pairs: int = 24, num_frames: int = 16, size: int = 32, fps: int = 8,
-    tie_margin: float = 0.15, seed: int = 0,
+    tie_margin: float = 0.15, seed: int = 0, scenes: list[Scene] | None = None, name: str = "pairs",
+    levels: tuple[float, ...] = (0.2, 0.5, 0.8, 1.0),
 ) -> Path:
-    """Write ``num_pairs`` pairs of mp4s plus ``pairs.csv`` (VideoAlign format) into ``out_dir``.
+    """Write ``num_pairs`` pairs of mp4s plus ``<name>.csv`` (VideoAlign format) into ``out_dir``.
 
-    Returns the CSV path. Skips the work when the CSV already exists (written last, atomically).
+    Each video draws its three knobs from ``levels``; labels per dimension compare the knobs (a gap under
+    ``tie_margin`` is ``same``); MOS columns are ``1 + 4 * knob``. ``scenes`` restricts the prompts (e.g. the
+    train half of :func:`split_scenes`). Returns the CSV path; skips the work when the CSV already exists
+    (it is written last, atomically).
     """
     from videoalign_ray.data.video import write_mp4
 
     out_dir = Path(out_dir)
-    csv_path = out_dir / "pairs.csv"
+    csv_path = out_dir / f"{name}.csv"
     if csv_path.is_file():
         return csv_path
     rng = np.random.default_rng(seed)
-    scenes = all_scenes()
+    scenes = scenes or all_scenes()
     rows = []
     for i in range(num_pairs):
         scene = scenes[rng.integers(len(scenes))]
-        knobs = [{d: float(rng.choice([0.2, 0.5, 0.8, 1.0])) for d in ("vq", "mq", "ta")} for _ in range(2)]
+        knobs = [{d: float(rng.choice(levels)) for d in ("vq", "mq", "ta")} for _ in range(2)]
         paths = []
         for side, k in zip("AB", knobs, strict=True):
-            rel = f"videos/pair{i:04d}_{side}.mp4"
+            rel = f"videos/{name}{i:04d}_{side}.mp4"
             frames = render(scene, num_frames=num_frames, size=size, seed=seed * 100_003 + 2 * i + (side == "B"), **k)
             write_mp4(out_dir / rel, frames, fps=fps)
             paths.append(rel)

@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# Tiny preset: works on 32x32-pixel videos directly (pixel-space latents, see pixel_vae.py),
+# patch 1x4x4 -> 64 tokens per frame; ~1.0 M parameters.
 TINY_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
-    text_dim=384, freq_dim=64, ffn_dim=256, num_layers=2, cross_attn_norm=True,
+    patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=3, out_channels=3,
+    text_dim=384, freq_dim=64, ffn_dim=512, num_layers=3, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
 )
+# A miniature Wan VAE (random init), used by tests of the real-preset code path.
 TINY_VAE = dict(
     base_dim=16, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True],
     latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2, scale_factor_spatial=4,
@@ -47,7 +50,7 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(num_frames=9, height=32, width=32, max_text_tokens=32, lr=1e-3, lora_rank=8, fps=8),
+    "tiny": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=8),
     # Wan2.1 defaults: 81 frames at 16 fps, 480x832, UMT5 with 512 tokens; paper: lr 5e-6, LoRA r=64.
     "wan2.1-1.3b": Preset(num_frames=81, height=480, width=832, max_text_tokens=512, lr=5e-6, lora_rank=64, fps=16),
 }
@@ -62,7 +65,9 @@ def materialize_tiny_base(target: str | Path, seed: int = 0) -> Path:
     Written to a temporary folder and renamed, so a crash never leaves a half-written model.
     Returns the folder.
     """
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
+
+    from videoalign_ray.flow.pixel_vae import PixelSpaceVAE
 
     target = Path(target)
     if (target / "model_index.json").is_file():
@@ -72,8 +77,7 @@ def materialize_tiny_base(target: str | Path, seed: int = 0) -> Path:
     try:
         torch.manual_seed(seed)
         WanTransformer3DModel(**TINY_TRANSFORMER).save_pretrained(tmp / "transformer", safe_serialization=True)
-        torch.manual_seed(seed + 1)
-        AutoencoderKLWan(**TINY_VAE).save_pretrained(tmp / "vae", safe_serialization=True)
+        PixelSpaceVAE().save_pretrained(tmp / "vae")
         (tmp / "model_index.json").write_text(json.dumps({"preset": "tiny", "seed": seed, "text_encoder": "minilm"}))
         try:
             os.rename(tmp, target)
@@ -109,10 +113,21 @@ def load_transformer(model_dir: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def load_vae(model_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """Load ``AutoencoderKLWan`` from ``model_dir/vae`` in eval mode."""
+    """Load ``AutoencoderKLWan`` (or the tiny preset's pixel-space VAE) from ``model_dir/vae``, eval mode."""
+    from videoalign_ray.flow.pixel_vae import PixelSpaceVAE, is_pixel_vae
+
+    folder = Path(model_dir) / "vae"
+    if is_pixel_vae(folder):
+        return PixelSpaceVAE.from_pretrained(folder).eval()
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan.from_pretrained(Path(model_dir) / "vae", torch_dtype=dtype).eval()
+    return AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype).eval()
+
+
+def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
 
 
 def component_id(model_dir: str | Path, component: str) -> str:
@@ -181,8 +196,8 @@ def encode_frames(vae, frames: np.ndarray) -> torch.Tensor:
     Uses the posterior mode (deterministic, cacheable) and Wan's per-channel ``(z - mean) / std``.
     """
     x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-    param = next(vae.parameters())
-    z = vae.encode(x.to(param.device, param.dtype)).latent_dist.mode().float().cpu()
+    device, dtype = _device_dtype(vae)
+    z = vae.encode(x.to(device, dtype)).latent_dist.mode().float().cpu()
     mean, std = _latent_stats(vae)
     return ((z - mean) / std)[0]
 
@@ -191,9 +206,9 @@ def encode_frames(vae, frames: np.ndarray) -> torch.Tensor:
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     """Normalized latents ``(B, C, F, h, w)`` -> uint8 frames ``(B, T, H, W, 3)``."""
     mean, std = _latent_stats(vae)
-    param = next(vae.parameters())
+    device, dtype = _device_dtype(vae)
     z = latents.float().cpu() * std + mean
-    x = vae.decode(z.to(param.device, param.dtype)).sample.float().cpu()
+    x = vae.decode(z.to(device, dtype)).sample.float().cpu()
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
 
 
