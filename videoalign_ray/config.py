@@ -71,7 +71,11 @@ class DataSection(JobConfig):
 class ModelSection(JobConfig):
     """Which generator to load."""
 
-    preset: Literal["tiny", "wan2.1-1.3b"] = Field("tiny", description="tiny: random init, CPU; wan2.1-1.3b: real.")
+    preset: Literal["tiny", "tiny-world", "wan2.1-1.3b"] = Field(
+        "tiny-world",
+        description="tiny: random init (CPU); tiny-world: tiny pre-trained on the synthetic world (committed asset, "
+        "see jobs/pretrain_base.py); wan2.1-1.3b: a real Wan2.1-T2V-1.3B folder (--model-path).",
+    )
     model_path: str | None = Field(None, description="Diffusers-format model folder (required for the real preset).")
     num_frames: int | None = Field(None, gt=0, description="Frames per training video; default from the preset.")
     height: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
@@ -89,6 +93,7 @@ class TrainSection(JobConfig):
     batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     lr: float | None = Field(None, gt=0, description="Learning rate; default from the preset (paper: 5e-6).")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps (0 = constant lr).")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 disables.")
     finetune: Literal["lora", "full"] = Field("lora", description="LoRA (reference = adapters off) or full.")

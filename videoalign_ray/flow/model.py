@@ -51,9 +51,13 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=8),
+    "tiny-world": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=8),
     # Wan2.1 defaults: 81 frames at 16 fps, 480x832, UMT5 with 512 tokens; paper: lr 5e-6, LoRA r=64.
     "wan2.1-1.3b": Preset(num_frames=81, height=480, width=832, max_text_tokens=512, lr=5e-6, lora_rank=64, fps=16),
 }
+
+TINY_WORLD_ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_world_base"
+"""The tiny preset pre-trained on the synthetic world (``jobs/pretrain_base.py``; its README has the command)."""
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 """Attention q/k/v/o projections of the Wan blocks (paper: LoRA on attention q/k/v/o)."""
@@ -97,6 +101,11 @@ def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Pat
     """
     if preset == "tiny":
         return materialize_tiny_base(Path(model_path) if model_path else Path(output_dir) / "base_model", seed)
+    if preset == "tiny-world":
+        path = Path(model_path) if model_path else TINY_WORLD_ASSET
+        if not (path / "transformer").is_dir():
+            raise FileNotFoundError(f"{path}: no pre-trained tiny-world base; create it with jobs/pretrain_base.py")
+        return path
     if not model_path:
         raise FileNotFoundError(f"preset {preset!r} needs --model-path to a local diffusers-format folder")
     path = Path(model_path)

@@ -27,7 +27,9 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     """Config of ``jobs/flow_dpo.py`` (every key settable in YAML and as ``--kebab-case`` flag)."""
 
     output_dir: str = Field("outputs/flow_dpo", description="Checkpoints, caches, rejects.csv, MLflow store.")
-    objective: Literal["dpo", "sft"] = Field("dpo", description="dpo: Flow-DPO; sft: flow matching on chosen only.")
+    objective: Literal["dpo", "sft", "pretrain"] = Field(
+        "dpo", description="dpo: Flow-DPO; sft: flow matching on chosen only; pretrain: on every video."
+    )
     beta: float = Field(500.0, gt=0, description="Flow-DPO beta (paper: 500 with per-sample mean error).")
     beta_schedule: Literal["constant", "time_dependent"] = Field(
         "constant", description="time_dependent = beta*(1-t)^2, an ablation that reward-hacks (paper Tab. 3/4)."
@@ -142,7 +144,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
         mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
-        fail_at_step=cfg.fail_at_step,
+        fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -28,7 +28,7 @@ class LoopConfig:
     """Everything a worker needs; plain values so it crosses process boundaries as a dict."""
 
     model_dir: str
-    objective: str  # "dpo" | "sft"
+    objective: str  # "dpo" | "sft" (chosen only) | "pretrain" (chosen and rejected alike)
     finetune: str  # "lora" | "full"
     lora_rank: int
     lora_alpha: float
@@ -53,6 +53,7 @@ class LoopConfig:
     mlflow_run_id: str
     fault_marker: str
     fail_at_step: int | None = None
+    warmup_steps: int = 0
 
 
 def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -67,7 +68,7 @@ def _build_model(cfg: LoopConfig):
     reference = None
     if cfg.finetune == "lora":
         add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    else:
+    elif cfg.objective == "dpo":  # full fine-tuning: a frozen copy is the reference
         reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
     policy.train()
     return policy, reference
@@ -104,9 +105,15 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
     t = sample_t(b, mode=cfg.t_sampling, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.t_shift,
                  generator=gen).to(device)
     eps = torch.randn(x_w.shape, generator=gen).to(device)
-    if cfg.objective == "sft":
-        pred = _velocity(engine, add_noise(x_w, eps, t).to(dtype), t.to(dtype), text)
-        loss = per_sample_mse(pred, velocity_target(x_w, eps)).mean()
+    if cfg.objective in ("sft", "pretrain"):
+        x0 = x_w
+        if cfg.objective == "pretrain":  # every video is a sample of the world, good or bad
+            t2 = sample_t(b, mode=cfg.t_sampling, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
+                          shift=cfg.t_shift, generator=gen).to(device)
+            eps2 = torch.randn(x_l.shape, generator=gen).to(device)
+            x0, t, eps, text = torch.cat([x_w, x_l]), torch.cat([t, t2]), torch.cat([eps, eps2]), torch.cat([text, text])
+        pred = _velocity(engine, add_noise(x0, eps, t).to(dtype), t.to(dtype), text)
+        loss = per_sample_mse(pred, velocity_target(x0, eps)).mean()
         return loss, {"loss": loss.detach()}
     x_t = torch.cat([add_noise(x_w, eps, t), add_noise(x_l, eps, t)]).to(dtype)
     tt = torch.cat([t, t]).to(dtype)
@@ -172,6 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
     ds_cfg = deepspeed_config(
         micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
+        warmup_steps=cfg.warmup_steps,
     )
     engine = init_engine(policy, ds_cfg)
 
@@ -197,7 +205,7 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=cfg.max_steps, initial=step, desc="flow-dpo" if cfg.objective == "dpo" else "sft",
+        progress = tqdm(total=cfg.max_steps, initial=step, desc=cfg.objective,
                         unit="step", mininterval=2.0)
     last_metrics: dict[str, float] = {}
     micro = 0

@@ -24,13 +24,13 @@ DS_TAG = "ds"
 
 def deepspeed_config(
     *, micro_batch: int, grad_accum: int, zero_stage: int, lr: float, weight_decay: float, grad_clip: float,
-    bf16: bool, world_size: int,
+    bf16: bool, world_size: int, warmup_steps: int = 0,
 ) -> dict[str, Any]:
-    """The DeepSpeed JSON config for one of our jobs (AdamW, constant lr)."""
+    """The DeepSpeed JSON config for one of our jobs (AdamW; constant lr after an optional linear warm-up)."""
     zero: dict[str, Any] = {"stage": zero_stage}
     if zero_stage in (1, 2):
         zero.update(overlap_comm=False, contiguous_gradients=True)
-    return {
+    config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch * grad_accum * world_size,
@@ -46,6 +46,10 @@ def deepspeed_config(
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if warmup_steps > 0:
+        config["scheduler"] = {"type": "WarmupLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps, "warmup_type": "linear"}}
+    return config
 
 
 def init_engine(model: torch.nn.Module, ds_config: dict[str, Any]):

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Ground-truth win rates of a trained generator vs another on the synthetic world's held-out prompts.
+
+    python jobs/evaluate_generator.py --policy outputs/flow_dpo/final                # vs the base model
+    python jobs/evaluate_generator.py --policy A/final --reference B/final --samples-per-prompt 16
+"""
+
+import sys
+
+from videoalign_ray.cli import main_for
+from videoalign_ray.train.evaluate_job import EvaluateConfig, run_evaluate
+
+if __name__ == "__main__":
+    sys.exit(main_for(EvaluateConfig, run_evaluate, __doc__))

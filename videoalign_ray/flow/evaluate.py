@@ -1,0 +1,177 @@
+"""Compare two generators on the synthetic world with the ground-truth scorers.
+
+Both generators sample the same prompts with the same noise (seeds), so a per-sample comparison isolates
+the effect of training. Win rate of A over B on a dimension = mean over samples of 1 (A scores higher),
+0.5 (equal) or 0; its 95% interval is the normal approximation over those per-sample outcomes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videoalign_ray.data.synthetic import Scene
+from videoalign_ray.data.world_scores import score_video
+
+DIMS = ("VQ", "MQ", "TA")
+
+
+def win_rate(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Win rate of ``a`` over ``b`` (paired scores, shape (N,)) with a 95% normal interval (lo, hi).
+
+    Raises:
+        ValueError: shapes differ or are empty.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired scores must have the same non-empty shape, got {a.shape} and {b.shape}")
+    outcome = np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
+    mean = float(outcome.mean())
+    half = 1.96 * float(outcome.std(ddof=1)) / math.sqrt(len(outcome)) if len(outcome) > 1 else float("inf")
+    return mean, mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A model folder plus optional trained weights (a job's ``final/`` folder with ``adapter/`` or ``model/``)."""
+
+    model_dir: str
+    weights_dir: str | None = None
+
+    def load(self):
+        from videoalign_ray.flow.model import load_transformer
+        from videoalign_ray.flow.render import load_policy
+
+        if self.weights_dir:
+            return load_policy(self.model_dir, self.weights_dir)
+        return load_transformer(self.model_dir).eval()
+
+
+def sample_world_videos(
+    transformer, vae, text_encoder, prompts: list[str], seeds: list[int], *, num_frames: int, height: int,
+    width: int, steps: int = 20, shift: float = 1.0, batch: int = 32,
+) -> np.ndarray:
+    """Sample ``len(prompts)`` videos (prompt i with noise seed ``seeds[i]``); uint8 ``(N, T, H, W, 3)``."""
+    from videoalign_ray.flow.model import decode_latents
+    from videoalign_ray.flow.sampling import latent_shape, sample_latents
+
+    shape = latent_shape(vae.config, num_frames, height, width)
+    out = []
+    for i in range(0, len(prompts), batch):
+        p, s = prompts[i : i + batch], seeds[i : i + batch]
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(x)) for x in s])
+        latents = sample_latents(transformer, text_encoder.encode(p), noise, num_steps=steps, shift=shift)
+        out.append(decode_latents(vae, latents))
+    return np.concatenate(out)
+
+
+def frame_grid(rows: list[np.ndarray], scale: int = 3):
+    """A PIL image: one row per video (uint8 ``(T, H, W, 3)``), frames left to right, 2-px white gaps."""
+    from PIL import Image
+
+    t, h, w, _ = rows[0].shape
+    gap = 2
+    canvas = np.full((len(rows) * (h + gap), t * (w + gap), 3), 255, np.uint8)
+    for r, video in enumerate(rows):
+        for f in range(t):
+            canvas[r * (h + gap) : r * (h + gap) + h, f * (w + gap) : f * (w + gap) + w] = video[f]
+    img = Image.fromarray(canvas)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def compare_generators(
+    policy: Generator, reference: Generator, scenes: list[Scene], *, samples_per_prompt: int, seed: int,
+    num_frames: int, height: int, width: int, max_text_tokens: int, steps: int = 20, shift: float = 1.0,
+    grid_path: str | Path | None = None,
+) -> dict:
+    """Sample every scene ``samples_per_prompt`` times from both generators with shared seeds and score them.
+
+    Returns ``{"n": N, "win_rate": {dim: (rate, lo, hi)}, "policy_mean": {dim: x}, "reference_mean": {...},
+    "scores": [per-sample rows]}``; writes a frame grid (reference row above policy row per prompt) when
+    ``grid_path`` is given.
+    """
+    from videoalign_ray.flow.model import TextEncoder, load_vae
+
+    prompts = [s.prompt for s in scenes for _ in range(samples_per_prompt)]
+    seeds = [seed * 100_000 + i for i in range(len(prompts))]
+    vae = load_vae(policy.model_dir)
+    text = TextEncoder(policy.model_dir, max_text_tokens)
+    kw = dict(num_frames=num_frames, height=height, width=width, steps=steps, shift=shift)
+    with torch.no_grad():
+        ref_videos = sample_world_videos(reference.load(), vae, text, prompts, seeds, **kw)
+        pol_videos = sample_world_videos(policy.load(), vae, text, prompts, seeds, **kw)
+    scene_of = [s for s in scenes for _ in range(samples_per_prompt)]
+    rows = []
+    for i, sc in enumerate(scene_of):
+        r, p = score_video(ref_videos[i], sc), score_video(pol_videos[i], sc)
+        rows.append({"prompt": sc.prompt, "seed": seeds[i], **{f"reference_{d}": r[d] for d in DIMS},
+                     **{f"policy_{d}": p[d] for d in DIMS}})
+    result = {
+        "n": len(rows),
+        "win_rate": {d: win_rate(np.array([x[f"policy_{d}"] for x in rows]),
+                                 np.array([x[f"reference_{d}"] for x in rows])) for d in DIMS},
+        "policy_mean": {d: float(np.mean([x[f"policy_{d}"] for x in rows])) for d in DIMS},
+        "reference_mean": {d: float(np.mean([x[f"reference_{d}"] for x in rows])) for d in DIMS},
+        "scores": rows,
+    }
+    if grid_path is not None:
+        picks = [i * samples_per_prompt for i in range(min(len(scenes), 6))]
+        grid = frame_grid([v for i in picks for v in (ref_videos[i], pol_videos[i])])
+        Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
+        grid.save(grid_path)
+    return result
+
+
+def format_table(result: dict, policy_name: str = "policy", reference_name: str = "reference") -> str:
+    """A plain-text table: per dimension, win rate [95% CI] and the two mean scores."""
+    lines = [f"{'dim':<4} {'win rate ' + policy_name + ' vs ' + reference_name:<40} "
+             f"{'mean ' + policy_name:>14} {'mean ' + reference_name:>16}"]
+    for d in DIMS:
+        w, lo, hi = result["win_rate"][d]
+        lines.append(f"{d:<4} {f'{w:.3f} [{lo:.3f}, {hi:.3f}]':<40} {result['policy_mean'][d]:>14.3f} "
+                     f"{result['reference_mean'][d]:>16.3f}")
+    lines.append(f"(n = {result['n']} paired samples)")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def implicit_dpo_accuracy(
+    policy, chosen: torch.Tensor, rejected: torch.Tensor, prompt_embeds: torch.Tensor, *, draws: int = 8,
+    seed: int = 0, batch: int = 32,
+) -> float:
+    """Held-out implicit accuracy of a LoRA policy: the share of pairs whose DPO ``inside`` term, averaged over
+    ``draws`` (t, eps) draws, is positive (the policy lowers the chosen error more than the rejected one,
+    relative to the reference = the same network with adapters off).
+
+    ``chosen``/``rejected``: latents ``(N, C, F, h, w)``; ``prompt_embeds``: ``(N, L, D)``.
+    """
+    from videoalign_ray.flow.losses import per_sample_mse
+    from videoalign_ray.flow.schedule import add_noise, sample_t, to_model_timestep, velocity_target
+
+    def err(x0, eps, t, text):
+        v = policy(hidden_states=add_noise(x0, eps, t), timestep=to_model_timestep(t), encoder_hidden_states=text,
+                   return_dict=False)[0]
+        return per_sample_mse(v, velocity_target(x0, eps))
+
+    n = chosen.shape[0]
+    total = torch.zeros(n)
+    for d in range(draws):
+        g = torch.Generator().manual_seed(seed * 1000 + d)
+        t = sample_t(n, generator=g)
+        eps = torch.randn(chosen.shape, generator=g)
+        for i in range(0, n, batch):
+            s = slice(i, i + batch)
+            args_w = (chosen[s], eps[s], t[s], prompt_embeds[s])
+            args_l = (rejected[s], eps[s], t[s], prompt_embeds[s])
+            pw, pl = err(*args_w), err(*args_l)
+            policy.disable_adapters()
+            try:
+                rw, rl = err(*args_w), err(*args_l)
+            finally:
+                policy.enable_adapters()
+            total[s] += -((pw - rw) - (pl - rl))
+    return float((total > 0).float().mean())
