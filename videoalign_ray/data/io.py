@@ -84,12 +84,15 @@ def _pair_id(prompt: str, a: str, b: str) -> str:
     return hashlib.sha1(f"{prompt}\0{a}\0{b}".encode()).hexdigest()[:16]
 
 
-def load_pairs(path: str | Path, dimension: str = "overall") -> LoadResult:
+def load_pairs(path: str | Path, dimension: str = "overall", keep_ties: bool = False) -> LoadResult:
     """Load preference pairs from a VideoAlign or chosen/rejected table.
 
     Args:
         path: the table; video paths in it are relative to its folder (a leading ``./`` is allowed).
         dimension: ``VQ`` / ``MQ`` / ``TA`` (that label decides) or ``overall`` (majority over valid labels).
+        keep_ties: for reward-model training: keep every labelled row as a pair with ``chosen`` = video A
+            and ``rejected`` = video B; the per-dimension ``labels`` (+1 A better, -1 B better, 0 tie) carry
+            the preference. Ties are then still counted in ``ties`` (on ``dimension``).
 
     Returns:
         LoadResult with pairs (chosen/rejected resolved), ties, rows of other dimensions and rejects.
@@ -101,7 +104,7 @@ def load_pairs(path: str | Path, dimension: str = "overall") -> LoadResult:
     df = read_table(path)
     cols = set(df.columns)
     if {"path_A", "path_B", "prompt"} <= cols:
-        return _load_videoalign(df, path, dimension)
+        return _load_videoalign(df, path, dimension, keep_ties)
     if {"prompt", "chosen", "rejected"} <= cols:
         return _load_chosen_rejected(df, path, dimension)
     raise DataError(
@@ -127,7 +130,7 @@ def _check_common(row_no: int, rec: dict, base: Path, path_cols: tuple[str, str]
     return prompt, paths, rejects
 
 
-def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str) -> LoadResult:
+def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bool = False) -> LoadResult:
     base = path.parent
     res = LoadResult(source=str(path), total_rows=len(df))
     for i, rec in enumerate(df.to_dict("records"), start=1):
@@ -142,14 +145,17 @@ def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str) -> LoadResult
             res.rejects.extend(rejects)
             continue
         decisive = overall_label(labels) if dimension == "overall" else labels[dimension]
+        if decisive is None and keep_ties and any(v is not None for v in labels.values()):
+            decisive = 0  # the chosen dimension is unlabelled but others are: still a training row
         if decisive is None:
             res.rejects.append(Reject(i, dimension, "", f"no label for dimension {dimension}"))
             continue
         if decisive == 0:
             res.ties += 1
-            continue
+            if not keep_ties:
+                continue
         a, b = str(pa), str(pb)
-        chosen, rejected = (a, b) if decisive > 0 else (b, a)
+        chosen, rejected = (a, b) if decisive > 0 or keep_ties else (b, a)
         mos = {}
         for side in ("A", "B"):
             for d in DIMENSIONS:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -44,17 +43,6 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift (Wan2.1 480p uses 3.0).")
 
 
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local Ray starts.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", log_to_driver=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # deterministic shards for a given seed
-    ctx.enable_progress_bars = sys.stderr.isatty()  # bars in a terminal, not in CI logs
-
-
 def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
     from videoalign_ray.data.synthetic import make_preference_dataset
 
@@ -86,14 +74,11 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         DataError: no usable pair, or too many rejects.
         FileNotFoundError: the real preset without a model folder.
     """
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
     from videoalign_ray.flow.model import PRESETS, component_id, resolve_model_dir
     from videoalign_ray.tracking import Tracker, default_tracking_uri
     from videoalign_ray.train.flow_loop import LoopConfig, loop_config_dict, train_loop_per_worker
+    from videoalign_ray.train.launch import init_ray, make_trainer, split_for_workers, use_gpu_default
 
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +86,8 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
     preset = PRESETS[cfg.preset]
     write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
 
-    _init_ray()
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    init_ray()
+    use_gpu = use_gpu_default(cfg.use_gpu)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
     num_frames, height, width = cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width
@@ -130,11 +115,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
     n_pairs = encoded.dataset.count()
-    per_worker = n_pairs // cfg.num_workers
-    if per_worker < 1:
-        raise ValueError(f"{n_pairs} usable pairs cannot feed {cfg.num_workers} workers; lower --num-workers")
-    micro_batch = min(cfg.batch_size, per_worker)
-    shards = encoded.dataset.split(cfg.num_workers, equal=True)
+    shards, per_worker, micro_batch = split_for_workers(encoded.dataset, cfg.num_workers, cfg.batch_size)
     lora_rank = cfg.lora_rank or preset.lora_rank
     loop_cfg = LoopConfig(
         model_dir=str(model_dir), objective=cfg.objective, finetune=cfg.finetune, lora_rank=lora_rank,
@@ -146,19 +127,9 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
     )
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config_dict(loop_cfg),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
-        datasets={f"shard_{i}": s for i, s in enumerate(shards)},
-        dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(out / "ray_results"),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
-        ),
+    trainer = make_trainer(
+        train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
+        use_gpu=use_gpu, out=out, run_name=run_name, max_failures=cfg.max_failures, num_to_keep=cfg.num_to_keep,
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -8,12 +8,7 @@ would have seen. Noise and timesteps come from a generator seeded by (seed, step
 from __future__ import annotations
 
 import json
-import os
-import signal
-import tempfile
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -56,10 +51,6 @@ class LoopConfig:
     warmup_steps: int = 0
 
 
-def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 10_007 + rank) % (2**63))
-
-
 def _build_model(cfg: LoopConfig):
     from videoalign_ray.flow.model import add_lora, load_transformer
 
@@ -72,17 +63,6 @@ def _build_model(cfg: LoopConfig):
         reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
     policy.train()
     return policy, reference
-
-
-def _batches(shard, micro_batch: int, seed: int, epoch: int, skip: int):
-    """Yield (index in epoch, batch) for one epoch of this rank's shard, after ``skip`` batches."""
-    it = shard.iter_torch_batches(
-        batch_size=micro_batch, drop_last=True, local_shuffle_buffer_size=4 * micro_batch,
-        local_shuffle_seed=seed * 7919 + epoch,
-    )
-    for i, batch in enumerate(it):
-        if i >= skip:
-            yield i, batch
 
 
 def _velocity(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -137,120 +117,37 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
     return loss, metrics
 
 
-def _maybe_inject_fault(cfg: LoopConfig, step: int, rank: int, world: int) -> None:
-    if cfg.fail_at_step is None or step != cfg.fail_at_step or rank != (1 if world > 1 else 0):
-        return
-    marker = Path(cfg.fault_marker)
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"killed rank {rank} at step {step}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _mean_over_workers(values: dict[str, torch.Tensor], keys) -> dict[str, float]:
-    import torch.distributed as dist
-
-    vec = torch.stack([values.get(k, torch.tensor(float("nan"))).float().cpu() for k in keys])
-    if dist.is_available() and dist.is_initialized():
-        vec = vec.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(vec)
-        vec = vec.cpu() / dist.get_world_size()
-    return {k: float(v) for k, v in zip(keys, vec, strict=True)}
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker=...)``)."""
     import ray.train
-    from ray.train import Checkpoint
 
-    from videoalign_ray.train.strategy import deepspeed_config, init_engine, load_checkpoint, save_checkpoint
+    from videoalign_ray.train.driver import DriverSpec, run_steps
+    from videoalign_ray.train.strategy import deepspeed_config, init_engine
 
     cfg = LoopConfig(**config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    world = ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    lora = cfg.finetune == "lora"
-
     policy, reference = _build_model(cfg)
     if reference is not None:
         reference.to(device=device, dtype=dtype)
-    ds_cfg = deepspeed_config(
+    engine = init_engine(policy, deepspeed_config(
         micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
         warmup_steps=cfg.warmup_steps,
+    ))
+    spec = DriverSpec(
+        max_steps=cfg.max_steps, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, seed=cfg.seed,
+        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, mlflow_tracking_uri=cfg.mlflow_tracking_uri,
+        mlflow_run_id=cfg.mlflow_run_id, fault_marker=cfg.fault_marker, fail_at_step=cfg.fail_at_step,
+        desc=cfg.objective,
     )
-    engine = init_engine(policy, ds_cfg)
-
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_checkpoint(engine, Path(d), lora=lora)
-        if rank == 0:
-            print(f"[videoalign] resumed from checkpoint at step {state['step']}", flush=True)
-
-    tracker = None
-    if rank == 0 and cfg.mlflow_run_id:
-        from videoalign_ray.tracking import Tracker
-
-        tracker = Tracker.attach(cfg.mlflow_tracking_uri, cfg.mlflow_run_id)
-
-    shard = ray.train.get_dataset_shard(f"shard_{rank}")
-    adapter_config = {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
-                      "base_model": cfg.model_dir}
-    step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
-    progress = None
-    if rank == 0:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=cfg.max_steps, initial=step, desc=cfg.objective,
-                        unit="step", mininterval=2.0)
-    last_metrics: dict[str, float] = {}
-    micro = 0
-    t_start = time.perf_counter()
-    while step < cfg.max_steps:
-        consumed = skip
-        for idx, batch in _batches(shard, cfg.micro_batch, cfg.seed, epoch, skip):
-            gen = _step_generator(cfg.seed, step * cfg.grad_accum + micro, rank)
-            loss, metrics = compute_loss(engine, reference, batch, cfg, gen, device, dtype)
-            engine.backward(loss)
-            engine.step()
-            consumed = idx + 1
-            micro += 1
-            if micro < cfg.grad_accum:
-                continue
-            micro = 0
-            step += 1
-            _maybe_inject_fault(cfg, step, rank, world)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                last_metrics = _mean_over_workers(metrics, METRIC_KEYS if cfg.objective == "dpo" else ("loss",))
-                last_metrics["step_time_s"] = (time.perf_counter() - t_start) / cfg.log_every
-                t_start = time.perf_counter()
-                if tracker is not None:
-                    tracker.log_metrics(last_metrics, step)
-                if progress is not None:
-                    progress.set_postfix(loss=f"{last_metrics['loss']:.4f}")
-            if progress is not None:
-                progress.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": consumed}
-                with tempfile.TemporaryDirectory(prefix="va-ckpt-") as tmp:
-                    save_checkpoint(engine, Path(tmp), state, lora=lora, rank=rank, adapter_config=adapter_config)
-                    ray.train.report({"step": step, **last_metrics}, checkpoint=Checkpoint.from_directory(tmp))
-            if step >= cfg.max_steps:
-                break
-        else:
-            if consumed == skip and skip == 0:
-                raise RuntimeError(f"rank {rank}: shard yields no full batch of {cfg.micro_batch} pairs")
-            epoch, skip = epoch + 1, 0
-            continue
-        break
-    if progress is not None:
-        progress.close()
-    if tracker is not None:
-        tracker.close()
+    run_steps(
+        spec, engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),
+        METRIC_KEYS if cfg.objective == "dpo" else ("loss",), lora=cfg.finetune == "lora",
+        adapter_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
+                        "base_model": cfg.model_dir},
+    )
 
 
 def loop_config_dict(cfg: LoopConfig) -> dict:

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Evaluate a VideoReward checkpoint with the VideoGen-RewardBench protocol (accuracy with and without ties).
+
+    python jobs/eval_reward.py --checkpoint outputs/train_reward/final             # synthetic held-out pairs
+    python jobs/eval_reward.py --data ../shared/data/fetv/pairs.csv --checkpoint outputs/train_reward/final
+"""
+
+import sys
+
+from videoalign_ray.cli import main_for
+from videoalign_ray.reward.eval_job import EvalRewardConfig, run_eval_reward
+
+if __name__ == "__main__":
+    sys.exit(main_for(EvalRewardConfig, run_eval_reward, __doc__))

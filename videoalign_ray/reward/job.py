@@ -1,0 +1,152 @@
+"""``jobs/train_reward.py``: VideoReward with BTT on Ray Data + Ray Train + DeepSpeed, MLflow, resume.
+
+Default: the synthetic world (train prompts for training, held-out prompts for validation), tiny random
+Qwen2-VL, 8 fps (the world's clips last 2 s). Real: ``--preset qwen2-vl-2b --model-path DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field
+
+from videoalign_ray.config import DataSection, RuntimeSection, TrainSection
+from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
+from videoalign_ray.fileio import write_text_atomic
+
+TINY_PIXELS = 56 * 56
+
+
+class TrainRewardConfig(RuntimeSection, DataSection, TrainSection):
+    """Config of ``jobs/train_reward.py``."""
+
+    output_dir: str = "outputs/train_reward"
+    val_data: str | None = Field(None, description="Validation table; default: held-out synthetic prompts.")
+    preset: Literal["tiny", "qwen2-vl-2b"] = "tiny"
+    model_path: str | None = Field(None, description="Local Qwen2-VL-2B-Instruct folder (real preset).")
+    output_dim: Literal[1, 3] = Field(3, description="1: one head row shared by the 3 tokens (paper ckpt); 3: per dim.")
+    reward_token: Literal["special", "last"] = "special"
+    loss: Literal["btt", "bt"] = "btt"
+    lm_training: Literal["full", "lora"] | None = Field(None, description="Default: full (tiny), lora (real).")
+    fps: float | None = Field(None, gt=0, description="Sampling rate; default 8 (tiny world) or 2 (paper).")
+    max_pixels: int | None = Field(None, gt=0, description="Per-frame pixel budget; default 56*56 tiny, 448*448.")
+    train_pairs: int = Field(512, ge=2, description="Synthetic pairs for the default data.")
+    val_pairs: int = Field(128, ge=2, description="Synthetic held-out pairs for the default validation data.")
+    max_steps: int = 300
+    batch_size: int = 8
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+def run_train_reward(cfg: TrainRewardConfig) -> dict:
+    """Train, validate, export ``<output_dir>/final`` (our checkpoint with normalisation stats)."""
+    import numpy as np
+    import torch
+
+    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
+    from videoalign_ray.reward.checkpoint import save_reward_checkpoint
+    from videoalign_ray.reward.pipeline import FrameSpec, decode_pairs
+    from videoalign_ray.reward.processor import build_tiny_tokenizer, load_tokenizer
+    from videoalign_ray.reward.train_loop import (
+        RewardLoopConfig,
+        accuracy_table,
+        build_reward_model,
+        loop_config_dict,
+        merge_lora_state,
+        score_margins,
+        train_loop_per_worker,
+    )
+    from videoalign_ray.tracking import Tracker, default_tracking_uri
+    from videoalign_ray.train.launch import init_ray, make_trainer, split_for_workers, use_gpu_default
+
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+    tiny = cfg.preset == "tiny"
+    if not tiny and not cfg.model_path:
+        raise FileNotFoundError("preset qwen2-vl-2b needs --model-path to a local Qwen2-VL-2B-Instruct folder")
+    train, held = split_scenes(seed=cfg.seed)
+    data = cfg.data or str(make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train,
+                                                   seed=cfg.seed, name="train"))
+    val_data = cfg.val_data or str(make_preference_dataset(out / "data", num_pairs=cfg.val_pairs, scenes=held,
+                                                           seed=cfg.seed + 1, name="val"))
+    tok_dir = out / "tokenizer"
+    if tiny and not (tok_dir / "tokenizer.json").is_file():
+        from videoalign_ray.data.synthetic import all_scenes
+
+        prompts = [s.prompt for s in all_scenes()] + [p.prompt for p in load_pairs(data, keep_ties=True).pairs]
+        build_tiny_tokenizer(prompts).save_pretrained(tok_dir)
+    elif not tiny and not tok_dir.is_dir():
+        load_tokenizer(cfg.model_path).save_pretrained(tok_dir)
+
+    init_ray()
+    use_gpu = use_gpu_default(cfg.use_gpu)
+    spec = FrameSpec(fps=cfg.fps or (8.0 if tiny else 2.0), min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
+                     max_pixels=cfg.max_pixels or (TINY_PIXELS if tiny else 448 * 448))
+    tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
+    tracker, resumed = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, cfg.run_name or out.name,
+                                               cfg.to_flat_dict())
+    loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
+    train_ds, train_rejects = decode_pairs(loaded.pairs, spec)
+    val_ds, val_rejects = decode_pairs(loaded_val.pairs, spec)
+    rejects = loaded.rejects + train_rejects
+    write_rejects(out / "rejects.csv", rejects + [r for r in loaded_val.rejects + val_rejects])
+    tracker.log_artifact(out / "rejects.csv")
+    bad = {r.row for r in train_rejects}
+    loaded.pairs = [p for p in loaded.pairs if p.row not in bad]
+    loaded.rejects = rejects
+    check_reject_budget(loaded, cfg.max_reject_fraction)
+
+    shards, per_worker, micro_batch = split_for_workers(train_ds, cfg.num_workers, cfg.batch_size)
+    lm_training = cfg.lm_training or ("full" if tiny else "lora")
+    lora_rank = cfg.lora_rank or 64
+    loop_cfg = RewardLoopConfig(
+        tokenizer_dir=str(tok_dir), model_path=cfg.model_path, output_dim=cfg.output_dim,
+        reward_token=cfg.reward_token, loss=cfg.loss, lm_training=lm_training, lora_rank=lora_rank,
+        lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (1e-3 if tiny else 2e-6), grad_clip=cfg.grad_clip,
+        micro_batch=micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage,
+        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+        seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
+        fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step,
+    )
+    result = make_trainer(
+        train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
+        use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
+        num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_ds},
+    ).fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+
+    # Export: plain weights (LoRA merged) + normalisation measured on the validation videos.
+    with result.checkpoint.as_directory() as d:
+        from safetensors.torch import load_file
+
+        state = load_file(Path(d) / "model" / "model.safetensors")
+        steps = json.loads((Path(d) / "state.json").read_text())["step"]
+    plain, proc = build_reward_model(str(tok_dir), cfg.model_path, cfg.output_dim, cfg.reward_token, cfg.seed)
+    plain.load_state_dict(merge_lora_state(state, loop_cfg.lora_alpha / lora_rank) if lm_training == "lora"
+                          else state)
+    plain.eval()
+    val_rows = val_ds.take_all()
+    ra, rb = score_margins(plain, proc, val_rows, "cpu")
+    allr = np.concatenate([ra, rb])
+    with torch.no_grad():
+        plain.norm_mean.copy_(torch.from_numpy(allr.mean(0)).float())
+        plain.norm_std.copy_(torch.from_numpy(allr.std(0) + 1e-8).float())
+    table = accuracy_table(ra, rb, np.stack([r["labels"] for r in val_rows]))
+    final = save_reward_checkpoint(plain, proc.tokenizer, out / "final",
+                                   {"fps": spec.fps, "min_pixels": spec.min_pixels, "max_pixels": spec.max_pixels,
+                                    "steps": steps})
+    tracker.log_metrics({f"final/{k}": v for k, v in table.items()}, step=steps)
+    tracker.log_artifact(final, "final")
+    summary = {"train_pairs": len(loaded.pairs), "val_pairs": len(val_rows), "rejects": len(rejects),
+               "steps": steps, "val_accuracy": {k: round(v, 4) for k, v in table.items()},
+               "checkpoint": str(final), "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracking_uri,
+               "resumed_mlflow_run": resumed}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    tracker.finish()
+    return summary

@@ -1,0 +1,69 @@
+"""Batch scoring with Ray Data: (video path, prompt) rows -> normalised VQ / MQ / TA / Overall.
+
+``RewardScorer`` is a ``map_batches`` actor class: it loads the checkpoint once per actor, decodes each
+video with the checkpoint's frame settings (fps, pixel budget) and scores a batch in one forward pass.
+A video that fails to decode gets NaN scores and its reason in ``error`` (never dropped).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from videoalign_ray.data.video import VideoDecodeError
+
+SCORE_COLUMNS = ("VQ", "MQ", "TA", "Overall")
+
+
+class RewardScorer:
+    """Ray Data actor: ``{path, prompt}`` batches -> ``{path, prompt, raw_VQ.., VQ, MQ, TA, Overall, error}``."""
+
+    def __init__(self, checkpoint: str):
+        import torch
+
+        from videoalign_ray.reward.checkpoint import load_reward_checkpoint
+        from videoalign_ray.reward.pipeline import FrameSpec
+
+        self.torch = torch
+        self.model, self.proc = load_reward_checkpoint(checkpoint)
+        rc = json.loads((Path(checkpoint) / "reward_config.json").read_text())
+        self.spec = FrameSpec(fps=rc.get("fps", 2.0), min_pixels=rc.get("min_pixels", 128 * 28 * 28),
+                              max_pixels=rc.get("max_pixels", 448 * 448))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from videoalign_ray.reward.pipeline import decode_for_reward
+
+        paths, prompts = [str(p) for p in batch["path"]], [str(p) for p in batch["prompt"]]
+        frames, errors = [], []
+        for p in paths:
+            try:
+                frames.append(decode_for_reward(p, self.spec))
+                errors.append("")
+            except (VideoDecodeError, OSError, ValueError) as exc:
+                frames.append(None)
+                errors.append(str(exc))
+        ok = [i for i, f in enumerate(frames) if f is not None]
+        raw = np.full((len(paths), 3), np.nan, np.float32)
+        if ok:
+            with self.torch.no_grad():
+                inputs = self.proc([frames[i] for i in ok], [prompts[i] for i in ok])
+                raw[ok] = self.model(**inputs).float().numpy()
+        norm = (raw - self.model.norm_mean.numpy()) / self.model.norm_std.numpy()
+        out = {"path": np.array(paths), "prompt": np.array(prompts), "error": np.array(errors)}
+        for d, name in enumerate(("VQ", "MQ", "TA")):
+            out[f"raw_{name}"] = raw[:, d]
+            out[name] = norm[:, d]
+        out["Overall"] = norm.sum(axis=1)
+        return out
+
+
+def score_rows(rows: list[dict], checkpoint: str, *, actors: int = 1, batch_size: int = 8) -> list[dict]:
+    """Score ``rows`` (``{"path", "prompt"}``) with an actor pool; returns one row per input, sorted by
+    (path, prompt)."""
+    ds = ray.data.from_items([{"path": r["path"], "prompt": r["prompt"]} for r in rows])
+    scored = ds.map_batches(RewardScorer, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
+                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors))
+    return sorted(scored.take_all(), key=lambda r: (r["path"], r["prompt"]))

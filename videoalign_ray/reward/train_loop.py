@@ -1,0 +1,196 @@
+"""Ray Train per-worker loop for VideoReward (BTT / BT on preference pairs), on the shared step driver."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from videoalign_ray.reward.losses import bt_loss, btt_loss
+from videoalign_ray.reward.metrics import accuracy_without_ties, tie_aware_accuracy
+
+DIMS = ("VQ", "MQ", "TA")
+METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
+
+
+@dataclass(frozen=True)
+class RewardLoopConfig:
+    """Plain values for the workers."""
+
+    tokenizer_dir: str
+    model_path: str | None
+    output_dim: int
+    reward_token: str
+    loss: str  # "btt" | "bt"
+    lm_training: str  # "full" | "lora"
+    lora_rank: int
+    lora_alpha: float
+    lr: float
+    grad_clip: float
+    micro_batch: int
+    grad_accum: int
+    zero_stage: int
+    bf16: bool
+    max_steps: int
+    warmup_steps: int
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    mlflow_tracking_uri: str
+    mlflow_run_id: str
+    fault_marker: str
+    fail_at_step: int | None = None
+
+
+def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: int, reward_token: str, seed: int,
+                       lm_training: str = "full", lora_rank: int = 64, lora_alpha: float = 128.0):
+    """(VideoRewardModel, VideoRewardProcessor): tiny random init (``model_path=None``) or a local
+    Qwen2-VL folder; ``lm_training="lora"`` applies the paper's recipe (LoRA on the LM's linear layers,
+    vision tower and merger trained, only the new token rows of the embedding trained)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from videoalign_ray.reward.model import VideoRewardModel, freeze_for_training, tiny_qwen2vl_config
+    from videoalign_ray.reward.processor import VideoRewardProcessor, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    proc = VideoRewardProcessor(tok)
+    torch.manual_seed(seed)
+    if model_path:
+        backbone = Qwen2VLForConditionalGeneration.from_pretrained(model_path, torch_dtype=torch.float32)
+        backbone.resize_token_embeddings(len(tok))
+    else:
+        backbone = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tok))
+    model = VideoRewardModel(backbone, proc.reward_token_ids, output_dim=output_dim, reward_token=reward_token)
+    if lm_training == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        freeze_for_training(model, proc.reward_token_ids)
+        inject_adapter_in_model(
+            LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+            model.backbone.model.language_model,
+        )
+    return model, proc
+
+
+def merge_lora_state(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A peft-injected state dict -> plain weights: ``W = base + scale * B @ A``; other keys unchanged."""
+    out = {}
+    for k, v in state.items():
+        if ".lora_A." in k or ".lora_B." in k:
+            continue
+        if ".base_layer." in k:
+            prefix, name = k.split(".base_layer.")
+            w = v
+            a = state.get(f"{prefix}.lora_A.default.{name}")
+            if a is not None and name == "weight":
+                w = v + scale * (state[f"{prefix}.lora_B.default.{name}"].float() @ a.float()).to(v.dtype)
+            out[f"{prefix}.{name}"] = w
+        else:
+            out[k] = v
+    return out
+
+
+def _forward_pairs(model, proc, batch, device):
+    fa, fb = list(batch["frames_a"]), list(batch["frames_b"])
+    captions = [str(c) for c in batch["caption"]]
+    inputs = {k: v.to(device) for k, v in proc(fa + fb, captions + captions).items()}
+    r = model(**inputs)
+    return r[: len(fa)], r[len(fa):]
+
+
+def score_margins(model, proc, rows: list[dict], device, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Raw rewards of A and B for ``rows`` (dicts with frames_a, frames_b, caption): two ``(N, 3)`` arrays."""
+    ra, rb = [], []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            chunk = rows[i : i + batch]
+            b = {"frames_a": [r["frames_a"] for r in chunk], "frames_b": [r["frames_b"] for r in chunk],
+                 "caption": [r["caption"] for r in chunk]}
+            a_, b_ = _forward_pairs(model, proc, b, device)
+            ra.append(a_.float().cpu().numpy())
+            rb.append(b_.float().cpu().numpy())
+    return np.concatenate(ra), np.concatenate(rb)
+
+
+def accuracy_table(ra: np.ndarray, rb: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy with/without ties per dimension and Overall (sum over dimensions of rewards normalised by
+    the mean/std of these rewards; the Overall label is the majority of the valid labels)."""
+    out = {}
+    allr = np.concatenate([ra, rb])
+    mean, std = allr.mean(0), allr.std(0) + 1e-8
+    na, nb = (ra - mean) / std, (rb - mean) / std
+    for d, name in enumerate(DIMS):
+        ok = labels[:, d] != -100
+        if ok.any():
+            m, h = (ra - rb)[ok, d], labels[ok, d]
+            out[f"acc_{name}"] = accuracy_without_ties(m, h)
+            out[f"acc_ties_{name}"] = tie_aware_accuracy(m, h)[0]
+    valid = np.where(labels == -100, 0, labels)
+    overall_h = np.sign(valid.sum(1))
+    has = (labels != -100).any(1)
+    if has.any():
+        m = (na.sum(1) - nb.sum(1))[has]
+        out["acc_Overall"] = accuracy_without_ties(m, overall_h[has])
+        out["acc_ties_Overall"] = tie_aware_accuracy(m, overall_h[has])[0]
+    return out
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point."""
+    import ray.train
+    import torch.distributed as dist
+
+    from videoalign_ray.train.driver import DriverSpec, run_steps
+    from videoalign_ray.train.strategy import deepspeed_config, init_engine
+
+    cfg = RewardLoopConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    model, proc = build_reward_model(cfg.tokenizer_dir, cfg.model_path, cfg.output_dim, cfg.reward_token, cfg.seed,
+                                     cfg.lm_training, cfg.lora_rank, cfg.lora_alpha)
+    model.train()
+    engine = init_engine(model, deepspeed_config(
+        micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
+        weight_decay=0.0, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world, warmup_steps=cfg.warmup_steps,
+    ))
+    loss_fn = btt_loss if cfg.loss == "btt" else bt_loss
+    val_rows = [r for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows()) if i % world == rank]
+
+    def step_fn(batch, gen):
+        labels = torch.as_tensor(batch["labels"]).to(device)
+        ra, rb = _forward_pairs(engine, proc, batch, device)
+        loss = loss_fn(ra.float(), rb.float(), labels)
+        metrics = {"loss": loss.detach()}
+        for d, name in enumerate(DIMS):
+            ok = (labels[:, d] == 1) | (labels[:, d] == -1)
+            hit = (torch.sign(ra[:, d] - rb[:, d]) == labels[:, d]) & ok
+            metrics[f"batch_acc_{name}"] = hit.sum().float() / ok.sum().clamp(min=1)
+        return loss, metrics
+
+    def validate(step: int) -> dict[str, float]:
+        engine.eval()
+        ra, rb = score_margins(engine.module, proc, val_rows, device) if val_rows else (np.zeros((0, 3)),) * 2
+        labels = np.stack([r["labels"] for r in val_rows]) if val_rows else np.zeros((0, 3), np.int64)
+        engine.train()
+        parts = [None] * world
+        dist.all_gather_object(parts, (ra, rb, labels))
+        ra, rb, labels = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return {f"val/{k}": v for k, v in accuracy_table(ra, rb, labels).items()} if len(labels) else {}
+
+    spec = DriverSpec(
+        max_steps=cfg.max_steps, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, seed=cfg.seed,
+        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, mlflow_tracking_uri=cfg.mlflow_tracking_uri,
+        mlflow_run_id=cfg.mlflow_run_id, fault_marker=cfg.fault_marker, fail_at_step=cfg.fail_at_step,
+        desc="reward",
+    )
+    run_steps(spec, engine, step_fn, METRIC_KEYS, lora=False,
+              adapter_config={"lm_training": cfg.lm_training, "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha},
+              validate_fn=validate)
+
+
+def loop_config_dict(cfg: RewardLoopConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))

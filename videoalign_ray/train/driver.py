@@ -1,0 +1,172 @@
+"""The step driver shared by every Ray Train job: resume, deterministic batches, logging, checkpoints.
+
+A job supplies a DeepSpeed engine and a ``step_fn(batch, generator) -> (loss, metrics)``; the driver owns the
+rest, identically for every job:
+- resume from ``ray.train.get_checkpoint()`` (engine state + data position),
+- per-rank batches of the rank's own shard, reshuffled per epoch with a seeded local shuffle; after a resume
+  the batches already consumed in that epoch are skipped, so the run replays what an uninterrupted one sees,
+- a ``torch.Generator`` per micro-step seeded by (seed, step, rank) for noise and timesteps,
+- metrics averaged over ranks every ``log_every`` steps, logged by rank 0 to MLflow,
+- a checkpoint every ``checkpoint_every`` steps and at the end, reported with ``ray.train.report`` (each
+  report blocks on Ray's health check, so metrics alone are never reported per step),
+- optional fault injection for tests (``fail_at_step``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """The driver's knobs (a job's loop config passes its own values)."""
+
+    max_steps: int
+    micro_batch: int
+    grad_accum: int
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    mlflow_tracking_uri: str
+    mlflow_run_id: str
+    fault_marker: str
+    fail_at_step: int | None
+    desc: str
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of one micro-step on one rank."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 10_007 + rank) % (2**63))
+
+
+def _to_torch(batch: dict) -> dict:
+    """Fixed-shape numeric columns become tensors; ragged (object) and string columns stay NumPy."""
+    out = {}
+    for k, v in batch.items():
+        out[k] = torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" else v
+    return out
+
+
+def _batches(shard, micro_batch: int, seed: int, epoch: int, skip: int):
+    it = shard.iter_batches(
+        batch_size=micro_batch, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro_batch,
+        local_shuffle_seed=seed * 7919 + epoch,
+    )
+    for i, batch in enumerate(it):
+        if i >= skip:
+            yield i, _to_torch(batch)
+
+
+def _maybe_inject_fault(spec: DriverSpec, step: int, rank: int, world: int) -> None:
+    if spec.fail_at_step is None or step != spec.fail_at_step or rank != (1 if world > 1 else 0):
+        return
+    marker = Path(spec.fault_marker)
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"killed rank {rank} at step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def mean_over_workers(values: dict[str, torch.Tensor], keys) -> dict[str, float]:
+    """All-reduce mean of the named scalar metrics over ranks (every rank must call it)."""
+    import torch.distributed as dist
+
+    vec = torch.stack([torch.as_tensor(values.get(k, float("nan"))).float().cpu() for k in keys])
+    if dist.is_available() and dist.is_initialized():
+        vec = vec.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(vec)
+        vec = vec.cpu() / dist.get_world_size()
+    return {k: float(v) for k, v in zip(keys, vec, strict=True)}
+
+
+def run_steps(
+    spec: DriverSpec, engine, step_fn: Callable, metric_keys: tuple[str, ...], *, lora: bool, adapter_config: dict,
+    validate_fn: Callable[[int], dict[str, float]] | None = None,
+) -> None:
+    """Train ``engine`` to ``spec.max_steps`` on this rank's shard ``shard_<rank>`` (resuming if possible).
+
+    ``validate_fn(step)``, when given, runs on every rank before each checkpoint; its metrics are logged and
+    reported with the checkpoint.
+    """
+    import ray.train
+    from ray.train import Checkpoint
+
+    from videoalign_ray.train.strategy import load_checkpoint, save_checkpoint
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(engine, Path(d), lora=lora)
+        if rank == 0:
+            print(f"[videoalign] resumed from checkpoint at step {state['step']}", flush=True)
+    tracker = None
+    if rank == 0 and spec.mlflow_run_id:
+        from videoalign_ray.tracking import Tracker
+
+        tracker = Tracker.attach(spec.mlflow_tracking_uri, spec.mlflow_run_id)
+    shard = ray.train.get_dataset_shard(f"shard_{rank}")
+    step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+    progress = None
+    if rank == 0:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=spec.max_steps, initial=step, desc=spec.desc, unit="step", mininterval=2.0)
+    last: dict[str, float] = {}
+    micro = 0
+    t_start = time.perf_counter()
+    while step < spec.max_steps:
+        consumed = skip
+        for idx, batch in _batches(shard, spec.micro_batch, spec.seed, epoch, skip):
+            loss, metrics = step_fn(batch, step_generator(spec.seed, step * spec.grad_accum + micro, rank))
+            engine.backward(loss)
+            engine.step()
+            consumed = idx + 1
+            micro += 1
+            if micro < spec.grad_accum:
+                continue
+            micro = 0
+            step += 1
+            _maybe_inject_fault(spec, step, rank, world)
+            if step % spec.log_every == 0 or step == spec.max_steps:
+                last = mean_over_workers(metrics, metric_keys)
+                last["step_time_s"] = (time.perf_counter() - t_start) / spec.log_every
+                t_start = time.perf_counter()
+                if tracker is not None:
+                    tracker.log_metrics(last, step)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{last['loss']:.4f}")
+            if progress is not None:
+                progress.update(1)
+            if step % spec.checkpoint_every == 0 or step == spec.max_steps:
+                if validate_fn is not None:
+                    val = validate_fn(step)
+                    last.update(val)
+                    if tracker is not None:
+                        tracker.log_metrics(val, step)
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": consumed}
+                with tempfile.TemporaryDirectory(prefix="va-ckpt-") as tmp:
+                    save_checkpoint(engine, Path(tmp), state, lora=lora, rank=rank, adapter_config=adapter_config)
+                    ray.train.report({"step": step, **last}, checkpoint=Checkpoint.from_directory(tmp))
+            if step >= spec.max_steps:
+                break
+        else:
+            if consumed == skip and skip == 0:
+                raise RuntimeError(f"rank {rank}: shard yields no full batch of {spec.micro_batch} rows")
+            epoch, skip = epoch + 1, 0
+            continue
+        break
+    if progress is not None:
+        progress.close()
