@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Score videos with VideoReward through Ray Data (data filtering, reject sampling).
+
+    python jobs/score_videos.py --input ../shared/data/unifiedreward-wan/videos --checkpoint outputs/train_reward/final
+"""
+
+import sys
+
+from videoalign_ray.cli import main_for
+from videoalign_ray.reward.score_job import ScoreVideosConfig, run_score_videos
+
+if __name__ == "__main__":
+    sys.exit(main_for(ScoreVideosConfig, run_score_videos, __doc__))
