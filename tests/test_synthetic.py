@@ -56,3 +56,14 @@ def test_dataset_labels_and_splits(tmp_path):
     assert len(res.pairs) + res.ties == 10 and not res.rejects
     v = load_video(tmp_path / df.iloc[0]["path_A"], num_frames=8)
     assert v.frames.shape == (8, 32, 32, 3)
+
+
+def test_mq_does_not_reward_standing_still():
+    """A shape that never moves is perfectly 'smooth' but is not what the prompt asked for."""
+    from videoalign_ray.data.world_scores import score_mq
+
+    sc = Scene("red", "circle", "left to right")
+    moving = render(sc, num_frames=8, size=32)
+    assert score_mq(moving) > 0.9
+    assert score_mq(np.repeat(moving[3:4], 8, axis=0)) < 0.05
+    assert score_mq(moving[:4]) < 0.6  # half the travel

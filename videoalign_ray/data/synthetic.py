@@ -39,6 +39,11 @@ class Scene:
         return f"a {self.color} {self.shape} moving {self.motion}"
 
 
+def travel_px(size: int) -> float:
+    """How far (pixels) a shape moves over a whole clip of a ``size`` x ``size`` world video."""
+    return size - 2 * (size * 0.16 + 1)
+
+
 def all_scenes() -> list[Scene]:
     """The world's 32 prompts (4 colours x 2 shapes x 4 motions), in a fixed order."""
     return [Scene(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
@@ -88,7 +93,7 @@ def render(
     if ta < 0.15:  # and wrong shape
         shape = SHAPES[1 - SHAPES.index(shape)]
     radius = size * 0.16
-    margin = radius + 1
+    margin = radius + 1  # travel_px(size) = size - 2 * margin
     path = np.linspace(0.0, 1.0, num_frames)
     jitter = (1.0 - mq) * size * 0.25
     if mq < 0.6:  # frame drops: hold positions

@@ -3,8 +3,10 @@
 They score any video of the world, rendered or generated, given the prompt's :class:`Scene`. Each score is
 in [0, 1], higher is better. Inputs are uint8 frames ``(T, H, W, 3)``.
 - VQ: pixel noise (residual after a 3x3 median filter) and edge blur (share of half-tone pixels).
-- MQ: how far the shape's centroid track strays from a straight constant-speed line (jitter, jumps,
-  frame drops), relative to the frame size.
+- MQ: smoothness x coverage. Smoothness: how far the shape's centroid track strays from a straight
+  constant-speed line (jitter, jumps, frame drops), relative to the frame size. Coverage: the distance that
+  fitted line travels over the clip relative to the world's travel (``travel_px``), capped at 1, so a shape
+  that stands still (perfectly "smooth") does not score as good motion.
 - TA: 0.7 x colour agreement (the shape's mean colour between the prompt's colour, 1, and the nearest
   other palette colour, 0) + 0.2 x direction agreement
   (cosine of the centroid's net motion with the prompt's) + 0.1 x shape agreement (fill ratio of the bounding box:
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from videoalign_ray.data.synthetic import BACKGROUND, COLORS, MOTIONS, Scene
+from videoalign_ray.data.synthetic import BACKGROUND, COLORS, MOTIONS, Scene, travel_px
 
 _BG = np.array(BACKGROUND, np.float32)
 
@@ -66,14 +68,17 @@ def score_mq(frames: np.ndarray) -> float:
     if ok.sum() < 3:
         return 0.0
     t = np.arange(len(c), dtype=np.float32)[ok]
-    resid = []
+    resid, slope = [], []
     for d in range(2):
         coef = np.polyfit(t, c[ok, d], 1)
         resid.append(c[ok, d] - np.polyval(coef, t))
+        slope.append(coef[0])
     rms = float(np.sqrt(np.mean(np.square(resid))))
     missing = 1.0 - ok.mean()
-    # 1 for a straight constant-speed track, 0.5 at an RMS deviation of 5% of the frame, never saturating
-    return float((1.0 - missing) / (1.0 + rms / (0.05 * size)))
+    travelled = float(np.hypot(*slope)) * (len(c) - 1)
+    coverage = min(travelled / travel_px(size), 1.0)
+    # smoothness: 1 for a straight constant-speed track, 0.5 at an RMS deviation of 5% of the frame
+    return float(coverage * (1.0 - missing) / (1.0 + rms / (0.05 * size)))
 
 
 def score_ta(frames: np.ndarray, scene: Scene) -> float:
