@@ -23,3 +23,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from videoalign_ray.flow.model import materialize_tiny_base
 
     return materialize_tiny_base(tmp_path_factory.mktemp("tiny") / "base_model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for one test module (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

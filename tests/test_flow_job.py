@@ -12,16 +12,9 @@ from safetensors.torch import load_file
 from videoalign_ray.config import validate_config
 from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _cfg(out: Path, **kw) -> FlowDPOConfig:

@@ -14,15 +14,13 @@ and ``checkpoint-N/`` holding either ``model.pth`` (full state dict) or ``adapte
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from videoalign_ray.fileio import atomic_dir
 from videoalign_ray.reward.model import VideoRewardModel
 
 DIMS = ("VQ", "MQ", "TA")
@@ -111,10 +109,7 @@ def load_official_checkpoint(model: VideoRewardModel, folder: str | Path, step: 
 
 def save_reward_checkpoint(model: VideoRewardModel, tokenizer, folder: str | Path, extra: dict | None = None) -> Path:
     """Write our HF-style checkpoint folder atomically (temp folder + rename)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(model.backbone.config.to_json_string())
@@ -122,15 +117,7 @@ def save_reward_checkpoint(model: VideoRewardModel, tokenizer, folder: str | Pat
             "output_dim": model.output_dim, "reward_token": model.reward_token,
             "norm_mean": model.norm_mean.tolist(), "norm_std": model.norm_std.tolist(), **(extra or {})}, indent=2))
         tokenizer.save_pretrained(tmp / "tokenizer")
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def load_reward_checkpoint(folder: str | Path):

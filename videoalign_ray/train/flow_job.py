@@ -8,9 +8,7 @@ and re-attaches to the same MLflow run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +17,7 @@ from pydantic import Field
 
 from videoalign_ray.config import DataSection, ModelSection, RuntimeSection, TrainSection
 from videoalign_ray.data.io import LoadResult, check_reject_budget, load_pairs, write_rejects
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.fileio import atomic_dir, write_text_atomic
 
 
 class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
@@ -52,19 +50,13 @@ def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
 
 def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
     """Copy the final weights + config next to each other under ``<out>/final`` (atomically)."""
-    final = out / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    for sub in ("adapter", "model"):
-        if (checkpoint_dir / sub).is_dir():
-            shutil.copytree(checkpoint_dir / sub, tmp / sub)
-    shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
-    old = out / ".final-old"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    with atomic_dir(out / "final") as tmp:
+        for sub in ("adapter", "model"):
+            if (checkpoint_dir / sub).is_dir():
+                shutil.copytree(checkpoint_dir / sub, tmp / sub)
+        shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+    return out / "final"
 
 
 def run_flow_job(cfg: FlowDPOConfig) -> dict:

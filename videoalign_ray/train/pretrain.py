@@ -9,14 +9,12 @@ the trained transformer is then exported next to the pixel-space VAE as a diffus
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from videoalign_ray.fileio import atomic_dir
 from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
 
 
@@ -44,20 +42,10 @@ def export_base(model_dir: Path, weights_dir: Path, export_dir: Path, info: dict
     from videoalign_ray.flow.render import load_policy
 
     export_dir = Path(export_dir)
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=export_dir.parent))
-    try:
+    with atomic_dir(export_dir) as tmp:
         load_policy(model_dir, weights_dir).save_pretrained(tmp / "transformer", safe_serialization=True)
         load_vae(model_dir).save_pretrained(tmp / "vae")
         (tmp / "model_index.json").write_text(json.dumps({"preset": "tiny-world", **info}, indent=2))
-        old = export_dir.with_name(export_dir.name + ".old")
-        if export_dir.exists():
-            os.replace(export_dir, old)
-        os.replace(tmp, export_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return export_dir
 
 
