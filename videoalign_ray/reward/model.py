@@ -17,24 +17,34 @@ from torch import nn
 from videoalign_ray.reward.processor import REWARD_TOKENS
 
 
-def tiny_qwen2vl_config(tokenizer) -> object:
-    """A random-init Qwen2-VL config small enough for CPU tests (~0.2 M parameters)."""
+def tiny_qwen2vl_config(tokenizer, hidden: int = 64, layers: int = 2, vision_dim: int = 32,
+                        vision_depth: int = 2) -> object:
+    """A random-init Qwen2-VL config small enough for CPU (defaults: ~0.2 M parameters)."""
     from transformers import Qwen2VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>",
                                                           "<|vision_end|>", "<|endoftext|>", "<|im_end|>")}
     return Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            rope_scaling={"type": "mrope", "mrope_section": _mrope_section(hidden // 4)},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=2, patch_size=14,
+                           spatial_merge_size=2,
                            temporal_patch_size=2, in_channels=3),
         video_token_id=ids["<|video_pad|>"], image_token_id=ids["<|image_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Qwen2-VL's (temporal, height, width) split of the rotary half-dimension: 1/4, 3/8, 3/8."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
 
 
 class VideoRewardModel(nn.Module):

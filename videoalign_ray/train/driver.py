@@ -3,8 +3,9 @@
 A job supplies a DeepSpeed engine and a ``step_fn(batch, generator) -> (loss, metrics)``; the driver owns the
 rest, identically for every job:
 - resume from ``ray.train.get_checkpoint()`` (engine state + data position),
-- per-rank batches of the rank's own shard, reshuffled per epoch with a seeded local shuffle; after a resume
-  the batches already consumed in that epoch are skipped, so the run replays what an uninterrupted one sees,
+- per-rank batches of the rank's own shard, reshuffled per epoch by a seeded shuffle that does not depend
+  on timing; after a resume the batches already consumed in that epoch are skipped, so the run replays
+  exactly what an uninterrupted one sees,
 - a ``torch.Generator`` per micro-step seeded by (seed, step, rank) for noise and timesteps,
 - metrics averaged over ranks every ``log_every`` steps, logged by rank 0 to MLflow,
 - a checkpoint every ``checkpoint_every`` steps and at the end, reported with ``ray.train.report`` (each
@@ -56,14 +57,20 @@ def _to_torch(batch: dict) -> dict:
     return out
 
 
-def _batches(shard, micro_batch: int, seed: int, epoch: int, skip: int):
-    it = shard.iter_batches(
-        batch_size=micro_batch, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro_batch,
-        local_shuffle_seed=seed * 7919 + epoch,
-    )
-    for i, batch in enumerate(it):
-        if i >= skip:
-            yield i, _to_torch(batch)
+def _batches(shard, micro_batch: int, seed: int, epoch: int, skip: int, window_batches: int = 4):
+    """Yield (index in epoch, batch): the shard read in order, shuffled within windows of ``window_batches``
+    micro-batches by a generator seeded with (seed, epoch, window). Unlike Ray Data's local shuffle, whose
+    result depends on how fast blocks arrive, this order depends on nothing but the data and the seed."""
+    window = micro_batch * window_batches
+    i = 0
+    for w, chunk in enumerate(shard.iter_batches(batch_size=window, batch_format="numpy")):
+        n = len(next(iter(chunk.values())))
+        order = np.random.default_rng([seed, epoch, w]).permutation(n)
+        for start in range(0, n - micro_batch + 1, micro_batch):
+            if i >= skip:
+                idx = order[start : start + micro_batch]
+                yield i, _to_torch({k: v[idx] for k, v in chunk.items()})
+            i += 1
 
 
 def _maybe_inject_fault(spec: DriverSpec, step: int, rank: int, world: int) -> None:
