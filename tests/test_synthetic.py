@@ -67,3 +67,9 @@ def test_mq_does_not_reward_standing_still():
     assert score_mq(moving) > 0.9
     assert score_mq(np.repeat(moving[3:4], 8, axis=0)) < 0.05
     assert score_mq(moving[:4]) < 0.6  # half the travel
+
+
+def test_controlled_pairs_vary_one_knob(tmp_path):
+    df = pd.read_csv(make_preference_dataset(tmp_path, num_pairs=12, num_frames=4, vary="MQ", seed=3))
+    assert (df["VQ"] == "same").all() and (df["TA"] == "same").all()
+    assert (df["MQ"] != "same").any()

@@ -131,13 +131,14 @@ def _label(a: float, b: float, tie_margin: float) -> str:
 def make_preference_dataset(
     out_dir: str | Path, *, num_pairs: int = 24, num_frames: int = 16, size: int = 32, fps: int = 8,
     tie_margin: float = 0.15, seed: int = 0, scenes: list[Scene] | None = None, name: str = "pairs",
-    levels: tuple[float, ...] = (0.2, 0.5, 0.8, 1.0),
+    levels: tuple[float, ...] = (0.2, 0.5, 0.8, 1.0), vary: str | None = None,
 ) -> Path:
     """Write ``num_pairs`` pairs of mp4s plus ``<name>.csv`` (VideoAlign format) into ``out_dir``.
 
     Each video draws its three knobs from ``levels``; labels per dimension compare the knobs (a gap under
     ``tie_margin`` is ``same``); MOS columns are ``1 + 4 * knob``. ``scenes`` restricts the prompts (e.g. the
-    train half of :func:`split_scenes`). Returns the CSV path; skips the work when the CSV already exists
+    train half of :func:`split_scenes`). ``vary`` (``"VQ"``, ``"MQ"`` or ``"TA"``): only that knob differs
+    between A and B, the other two are shared (a controlled pair). Returns the CSV path; skips the work when the CSV already exists
     (it is written last, atomically).
     """
     from videoalign_ray.data.video import write_mp4
@@ -152,6 +153,10 @@ def make_preference_dataset(
     for i in range(num_pairs):
         scene = scenes[rng.integers(len(scenes))]
         knobs = [{d: float(rng.choice(levels)) for d in ("vq", "mq", "ta")} for _ in range(2)]
+        if vary is not None:
+            for d in ("vq", "mq", "ta"):
+                if d != vary.lower():
+                    knobs[1][d] = knobs[0][d]
         paths = []
         for side, k in zip("AB", knobs, strict=True):
             rel = f"videos/{name}{i:04d}_{side}.mp4"

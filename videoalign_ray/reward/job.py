@@ -35,9 +35,9 @@ class TrainRewardConfig(RuntimeSection, DataSection, TrainSection):
     max_pixels: int | None = Field(None, gt=0, description="Per-frame pixel budget; default 56*56 tiny, 448*448.")
     train_pairs: int = Field(512, ge=2, description="Synthetic pairs for the default data.")
     val_pairs: int = Field(128, ge=2, description="Synthetic held-out pairs for the default validation data.")
-    max_steps: int = 300
+    max_steps: int = 1500
     batch_size: int = 8
-    checkpoint_every: int = 100
+    checkpoint_every: int = 500
     log_every: int = 10
 
 
@@ -106,7 +106,7 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
     loop_cfg = RewardLoopConfig(
         tokenizer_dir=str(tok_dir), model_path=cfg.model_path, output_dim=cfg.output_dim,
         reward_token=cfg.reward_token, loss=cfg.loss, lm_training=lm_training, lora_rank=lora_rank,
-        lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (1e-3 if tiny else 2e-6), grad_clip=cfg.grad_clip,
+        lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (5e-4 if tiny else 2e-6), grad_clip=cfg.grad_clip,
         micro_batch=micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage,
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,

@@ -1,6 +1,7 @@
 """Does Flow-DPO align a generator? The proof on the synthetic world (known ground truth).
 
-For each dimension D (default MQ, then TA): render preference pairs on the train prompts, run Flow-DPO
+For each dimension D (default MQ, then TA): render preference pairs on the train prompts in which only D's
+knob differs between the two videos (a controlled comparison), run Flow-DPO
 from the pre-trained ``tiny-world`` base with ``--dimension D``, then on the held-out prompts (disjoint)
 sample the aligned policy and the base with the same seeds and compare ground-truth scores; also report
 the held-out implicit DPO accuracy on rendered held-out pairs.
@@ -30,7 +31,7 @@ class AlignProofConfig(RuntimeSection):
     lr: float = Field(5e-4, gt=0)
     beta: float = Field(500.0, gt=0)
     lora_rank: int = Field(8, gt=0)
-    samples_per_prompt: int = Field(16, ge=1, description="Held-out samples per prompt and model.")
+    samples_per_prompt: int = Field(24, ge=1, description="Held-out samples per prompt and model.")
     sample_steps: int = Field(20, ge=1)
     model_path: str | None = Field(None, description="Base; default the tiny-world asset.")
 
@@ -57,12 +58,13 @@ def run_align_proof(cfg: AlignProofConfig) -> dict:
     model_dir = resolve_model_dir("tiny-world", cfg.model_path, out)
     preset = PRESETS["tiny-world"]
     train, held = split_scenes(seed=cfg.seed)
-    train_csv = make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train, seed=cfg.seed,
-                                        name="train")
-    held_csv = make_preference_dataset(out / "data", num_pairs=cfg.heldout_pairs, scenes=held,
-                                       seed=cfg.seed + 1, name="heldout")
     results = {}
     for dim in [d.strip() for d in cfg.dimensions.split(",") if d.strip()]:
+        # controlled pairs: only the trained dimension's knob differs between the two videos
+        train_csv = make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train, seed=cfg.seed,
+                                            name=f"train_{dim}", vary=dim)
+        held_csv = make_preference_dataset(out / "data", num_pairs=cfg.heldout_pairs, scenes=held,
+                                           seed=cfg.seed + 1, name=f"heldout_{dim}", vary=dim)
         run_dir = out / f"dpo_{dim}"
         summary = run_flow_job(validate_config(FlowDPOConfig, dict(
             data=str(train_csv), dimension=dim, output_dir=str(run_dir), preset="tiny-world",
