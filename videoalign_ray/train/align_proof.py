@@ -1,7 +1,6 @@
 """Does Flow-DPO align a generator? The proof on the synthetic world (known ground truth).
 
-For each dimension D (default MQ, then TA): render preference pairs on the train prompts in which only D's
-knob differs between the two videos (a controlled comparison), run Flow-DPO
+For each dimension D (default MQ, then TA): render preference pairs on the train prompts, run Flow-DPO
 from the pre-trained ``tiny-world`` base with ``--dimension D``, then on the held-out prompts (disjoint)
 sample the aligned policy and the base with the same seeds and compare ground-truth scores; also report
 the held-out implicit DPO accuracy on rendered held-out pairs.
@@ -60,11 +59,12 @@ def run_align_proof(cfg: AlignProofConfig) -> dict:
     train, held = split_scenes(seed=cfg.seed)
     results = {}
     for dim in [d.strip() for d in cfg.dimensions.split(",") if d.strip()]:
-        # controlled pairs: only the trained dimension's knob differs between the two videos
+        # every knob random; the trained dimension's label decides chosen vs rejected. (Controlled pairs,
+        # vary=dim, were tried: the policy over-fitted and VQ collapsed; see the README.)
         train_csv = make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train, seed=cfg.seed,
-                                            name=f"train_{dim}", vary=dim)
+                                            name="train")
         held_csv = make_preference_dataset(out / "data", num_pairs=cfg.heldout_pairs, scenes=held,
-                                           seed=cfg.seed + 1, name=f"heldout_{dim}", vary=dim)
+                                           seed=cfg.seed + 1, name="heldout")
         run_dir = out / f"dpo_{dim}"
         summary = run_flow_job(validate_config(FlowDPOConfig, dict(
             data=str(train_csv), dimension=dim, output_dir=str(run_dir), preset="tiny-world",
