@@ -29,6 +29,7 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
                  run_name: str, max_failures: int, num_to_keep: int, extra_datasets: dict | None = None):
     """A TorchTrainer whose worker r reads ``shard_r`` (and every worker the ``extra_datasets``), with
     checkpoints and the run snapshot under ``<out>/ray_results/<run_name>`` (re-running resumes)."""
+    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -38,7 +39,10 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         datasets={**{f"shard_{i}": s for i, s in enumerate(shards)}, **(extra_datasets or {})},
-        dataset_config=DataConfig(datasets_to_split=[]),
+        # Ray Train resolves ingest options in its controller process, whose DataContext does not carry the
+        # driver's preserve_order: without this the shards' rows arrive in block-completion order, and two
+        # runs with the same seed train on different batches.
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=run_name,
             storage_path=str(out / "ray_results"),
