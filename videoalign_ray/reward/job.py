@@ -73,11 +73,12 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
                                                    seed=cfg.seed, name="train"))
     val_data = cfg.val_data or str(make_preference_dataset(out / "data", num_pairs=cfg.val_pairs, scenes=held,
                                                            seed=cfg.seed + 1, name="val"))
+    loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
     tok_dir = out / "tokenizer"
     if tiny and not (tok_dir / "tokenizer.json").is_file():
         from videoalign_ray.data.synthetic import all_scenes
 
-        prompts = [s.prompt for s in all_scenes()] + [p.prompt for p in load_pairs(data, keep_ties=True).pairs]
+        prompts = [s.prompt for s in all_scenes()] + [p.prompt for p in loaded.pairs]
         build_tiny_tokenizer(prompts).save_pretrained(tok_dir)
     elif not tiny and not tok_dir.is_dir():
         load_tokenizer(cfg.model_path).save_pretrained(tok_dir)
@@ -89,11 +90,10 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
     tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
     tracker, resumed = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, cfg.run_name or out.name,
                                                cfg.to_flat_dict())
-    loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
     train_ds, train_rejects = decode_pairs(loaded.pairs, spec)
     val_ds, val_rejects = decode_pairs(loaded_val.pairs, spec)
     rejects = loaded.rejects + train_rejects
-    write_rejects(out / "rejects.csv", rejects + [r for r in loaded_val.rejects + val_rejects])
+    write_rejects(out / "rejects.csv", rejects + loaded_val.rejects + val_rejects)
     tracker.log_artifact(out / "rejects.csv")
     bad = {r.row for r in train_rejects}
     loaded.pairs = [p for p in loaded.pairs if p.row not in bad]

@@ -10,14 +10,15 @@ import torch
 
 from videoalign_ray.reward.losses import bt_loss, btt_loss
 from videoalign_ray.reward.metrics import accuracy_without_ties, tie_aware_accuracy
+from videoalign_ray.train.driver import LoopCommon
 
 DIMS = ("VQ", "MQ", "TA")
 METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
 
 
-@dataclass(frozen=True)
-class RewardLoopConfig:
-    """Plain values for the workers."""
+@dataclass(frozen=True, kw_only=True)
+class RewardLoopConfig(LoopCommon):
+    """Plain values for the VideoReward workers."""
 
     tokenizer_dir: str
     model_path: str | None
@@ -27,21 +28,6 @@ class RewardLoopConfig:
     lm_training: str  # "full" | "lora"
     lora_rank: int
     lora_alpha: float
-    lr: float
-    grad_clip: float
-    micro_batch: int
-    grad_accum: int
-    zero_stage: int
-    bf16: bool
-    max_steps: int
-    warmup_steps: int
-    checkpoint_every: int
-    log_every: int
-    seed: int
-    mlflow_tracking_uri: str
-    mlflow_run_id: str
-    fault_marker: str
-    fail_at_step: int | None = None
 
 
 def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: int, reward_token: str, seed: int,
@@ -143,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from videoalign_ray.train.driver import DriverSpec, run_steps
+    from videoalign_ray.train.driver import run_steps
     from videoalign_ray.train.strategy import deepspeed_config, init_engine
 
     cfg = RewardLoopConfig(**config)
@@ -181,13 +167,7 @@ def train_loop_per_worker(config: dict) -> None:
         ra, rb, labels = (np.concatenate([p[i] for p in parts]) for i in range(3))
         return {f"val/{k}": v for k, v in accuracy_table(ra, rb, labels).items()} if len(labels) else {}
 
-    spec = DriverSpec(
-        max_steps=cfg.max_steps, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, seed=cfg.seed,
-        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, mlflow_tracking_uri=cfg.mlflow_tracking_uri,
-        mlflow_run_id=cfg.mlflow_run_id, fault_marker=cfg.fault_marker, fail_at_step=cfg.fail_at_step,
-        desc="reward",
-    )
-    run_steps(spec, engine, step_fn, METRIC_KEYS, lora=False,
+    run_steps(cfg.driver_spec("reward"), engine, step_fn, METRIC_KEYS, lora=False,
               adapter_config={"lm_training": cfg.lm_training, "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha},
               validate_fn=validate)
 

@@ -44,6 +44,35 @@ class DriverSpec:
     desc: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoopCommon:
+    """The fields every job's loop config shares (DeepSpeed engine knobs + the driver's), as plain values."""
+
+    lr: float
+    grad_clip: float
+    micro_batch: int
+    grad_accum: int
+    zero_stage: int
+    bf16: bool
+    max_steps: int
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    mlflow_tracking_uri: str
+    mlflow_run_id: str
+    fault_marker: str
+    fail_at_step: int | None = None
+    warmup_steps: int = 0
+
+    def driver_spec(self, desc: str) -> DriverSpec:
+        return DriverSpec(
+            max_steps=self.max_steps, micro_batch=self.micro_batch, grad_accum=self.grad_accum, seed=self.seed,
+            log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+            mlflow_tracking_uri=self.mlflow_tracking_uri, mlflow_run_id=self.mlflow_run_id,
+            fault_marker=self.fault_marker, fail_at_step=self.fail_at_step, desc=desc,
+        )
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """The generator of one micro-step on one rank."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 10_007 + rank) % (2**63))

@@ -14,41 +14,27 @@ import torch
 
 from videoalign_ray.flow.losses import flow_dpo_loss, per_sample_mse
 from videoalign_ray.flow.schedule import add_noise, sample_t, to_model_timestep, velocity_target
+from videoalign_ray.train.driver import LoopCommon
 
 METRIC_KEYS = ("loss", "implicit_acc", "inside_mean", "chosen_gap", "rejected_gap", "kl_proxy")
 
 
-@dataclass(frozen=True)
-class LoopConfig:
-    """Everything a worker needs; plain values so it crosses process boundaries as a dict."""
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig(LoopCommon):
+    """Everything a Flow-DPO / SFT / pre-training worker needs; plain values so it crosses processes as a dict."""
 
     model_dir: str
     objective: str  # "dpo" | "sft" (chosen only) | "pretrain" (chosen and rejected alike)
     finetune: str  # "lora" | "full"
     lora_rank: int
     lora_alpha: float
-    lr: float
     weight_decay: float
-    grad_clip: float
     beta: float
     beta_schedule: str
     t_sampling: str
     logit_mean: float
     logit_std: float
     t_shift: float
-    micro_batch: int
-    grad_accum: int
-    zero_stage: int
-    bf16: bool
-    max_steps: int
-    checkpoint_every: int
-    log_every: int
-    seed: int
-    mlflow_tracking_uri: str
-    mlflow_run_id: str
-    fault_marker: str
-    fail_at_step: int | None = None
-    warmup_steps: int = 0
 
 
 def _build_model(cfg: LoopConfig):
@@ -121,7 +107,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker=...)``)."""
     import ray.train
 
-    from videoalign_ray.train.driver import DriverSpec, run_steps
+    from videoalign_ray.train.driver import run_steps
     from videoalign_ray.train.strategy import deepspeed_config, init_engine
 
     cfg = LoopConfig(**config)
@@ -136,14 +122,8 @@ def train_loop_per_worker(config: dict) -> None:
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
         warmup_steps=cfg.warmup_steps,
     ))
-    spec = DriverSpec(
-        max_steps=cfg.max_steps, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, seed=cfg.seed,
-        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, mlflow_tracking_uri=cfg.mlflow_tracking_uri,
-        mlflow_run_id=cfg.mlflow_run_id, fault_marker=cfg.fault_marker, fail_at_step=cfg.fail_at_step,
-        desc=cfg.objective,
-    )
     run_steps(
-        spec, engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),
+        cfg.driver_spec(cfg.objective), engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),
         METRIC_KEYS if cfg.objective == "dpo" else ("loss",), lora=cfg.finetune == "lora",
         adapter_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
                         "base_model": cfg.model_dir},
