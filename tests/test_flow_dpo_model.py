@@ -74,3 +74,20 @@ def test_two_sample_batch_matches_spec(tiny_model_dir, batch):
     loss_full, _ = compute_loss(policy, reference, batch, _cfg(beta=50.0, finetune="full"),
                                 torch.Generator().manual_seed(11), "cpu", torch.float32)
     assert loss_full.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_rwr_with_equal_rewards_equals_the_unweighted_loss(tiny_model_dir, batch):
+    """RWR in the trainer: equal rewards (batch softmax) give exactly the w = 1 loss on the same videos,
+    noise and t; unequal rewards change it."""
+    policy = load_transformer(tiny_model_dir)
+    base, _ = compute_loss(policy, None, batch, _cfg(objective="pretrain"), torch.Generator().manual_seed(5),
+                           "cpu", torch.float32)
+    eq = dict(batch, reward_chosen=torch.full((2,), 0.3), reward_rejected=torch.full((2,), 0.3))
+    rwr, m = compute_loss(policy, None, eq, _cfg(objective="rwr", rwr_normalize="batch_softmax"),
+                          torch.Generator().manual_seed(5), "cpu", torch.float32)
+    assert rwr.item() == pytest.approx(base.item(), rel=1e-6)
+    assert m["weight_mean"].item() == pytest.approx(1.0)
+    uneq = dict(batch, reward_chosen=torch.tensor([2.0, 2.0]), reward_rejected=torch.tensor([-2.0, -2.0]))
+    rwr2, _ = compute_loss(policy, None, uneq, _cfg(objective="rwr"), torch.Generator().manual_seed(5), "cpu",
+                           torch.float32)
+    assert abs(rwr2.item() - base.item()) > 1e-4

@@ -1,11 +1,18 @@
-"""Flow-DPO and SFT against hand-computed values and against the spec written out independently."""
+"""Flow-DPO, Flow-RWR and SFT against hand-computed values and the spec written out independently."""
 
 import math
 
 import pytest
 import torch
 
-from videoalign_ray.flow.losses import flow_dpo_loss, per_sample_mse, sft_loss
+from videoalign_ray.flow.losses import (
+    combine_rewards,
+    flow_dpo_loss,
+    flow_rwr_loss,
+    per_sample_mse,
+    rwr_weights,
+    sft_loss,
+)
 
 
 def test_flow_dpo_two_pairs_hand_computed():
@@ -55,3 +62,48 @@ def test_per_sample_mse_and_sft():
     target[1] *= 3.0
     assert per_sample_mse(pred, target).tolist() == [1.0, 9.0]
     assert sft_loss(pred, target).item() == 5.0
+
+
+def test_rwr_hand_computed():
+    pred = torch.zeros(2, 1, 2, 2, 2)
+    target = torch.ones(2, 1, 2, 2, 2)
+    target[1] *= 3.0  # per-sample errors 1 and 9
+    rewards = torch.tensor([0.0, math.log(2.0)])
+    loss, m = flow_rwr_loss(pred, target, rewards)  # w = exp(r) = (1, 2)
+    assert loss.item() == pytest.approx((1 * 1 + 2 * 9) / 2)
+    loss_t, _ = flow_rwr_loss(pred, target, rewards, tau=0.5)  # w = exp(2r) = (1, 4)
+    assert loss_t.item() == pytest.approx((1 + 4 * 9) / 2)
+    loss_s, m_s = flow_rwr_loss(pred, target, rewards, normalize="batch_softmax")  # w = 2 * (1/3, 2/3)
+    assert loss_s.item() == pytest.approx((2 / 3 * 1 + 4 / 3 * 9) / 2)
+    assert m_s["weight_mean"].item() == pytest.approx(1.0)
+
+
+def test_rwr_with_equal_rewards_is_sft():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 3, 2, 4, 4, generator=g), torch.randn(4, 3, 2, 4, 4, generator=g)
+    sft = sft_loss(pred, target)
+    assert flow_rwr_loss(pred, target, torch.zeros(4))[0].item() == pytest.approx(sft.item(), rel=1e-6)
+    for c in (-3.0, 0.7, 5.0):  # any constant reward with batch-softmax weights
+        loss, _ = flow_rwr_loss(pred, target, torch.full((4,), c), normalize="batch_softmax")
+        assert loss.item() == pytest.approx(sft.item(), rel=1e-6)
+
+
+def test_rwr_weights_errors_and_gradient_direction():
+    with pytest.raises(ValueError, match="tau"):
+        rwr_weights(torch.zeros(2), tau=0.0)
+    with pytest.raises(ValueError, match="normalisation"):
+        rwr_weights(torch.zeros(2), normalize="max")
+    # The gradient pulls harder towards the higher-reward sample's target.
+    pred = torch.zeros(2, 1, 1, 1, 1, requires_grad=True)
+    target = torch.ones(2, 1, 1, 1, 1)
+    flow_rwr_loss(pred, target, torch.tensor([1.0, -1.0]))[0].backward()
+    assert pred.grad[0].item() < pred.grad[1].item() < 0
+
+
+def test_combine_rewards_weighted_mean():
+    r = torch.tensor([[1.0, 2.0, 3.0], [0.0, -3.0, 3.0]])
+    assert combine_rewards(r).tolist() == pytest.approx([2.0, 0.0])
+    assert combine_rewards(r, (0.0, 0.0, 1.0)).tolist() == pytest.approx([3.0, 3.0])
+    assert combine_rewards(r, (1.0, 1.0, 2.0)).tolist() == pytest.approx([9 / 4, 3 / 4])
+    with pytest.raises(ValueError):
+        combine_rewards(r, (0.0, 0.0, 0.0))

@@ -124,7 +124,7 @@ class PromptEncoder:
 
 def _load_pair(row: dict, cache_dir: str) -> dict:
     cache = TensorCache(cache_dir)
-    out = {}
+    out = {k: v for k, v in row.items() if k != "pair_id" and not k.endswith("_key")}  # extra columns
     for col in ("chosen", "rejected", "prompt_embeds"):
         value = cache.get(row[f"{col}_key"])
         if value is None:
@@ -136,12 +136,17 @@ def _load_pair(row: dict, cache_dir: str) -> dict:
     return out
 
 
-def encode_pairs(pairs: list[PreferencePair], spec: EncodeSpec) -> EncodedPairs:
+def encode_pairs(
+    pairs: list[PreferencePair], spec: EncodeSpec, extras: dict[str, dict[str, Any]] | None = None
+) -> EncodedPairs:
     """Decode and encode every video and prompt of ``pairs`` with Ray Data; build the training dataset.
+
+    ``extras`` (optional, keyed by ``pair_id``): further numeric columns copied into each row (e.g. RWR
+    rewards ``reward_chosen`` / ``reward_rejected``, or the per-dimension ``labels`` ``(3,)``).
 
     Returns:
         EncodedPairs: ``dataset`` rows (ordered by pair_id) ``{chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
-        prompt_embeds: (L, D) f32}``; ``rejects`` for pairs whose video failed.
+        prompt_embeds: (L, D) f32, **extras}``; ``rejects`` for pairs whose video failed.
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
     decoded = (
@@ -185,6 +190,7 @@ def encode_pairs(pairs: list[PreferencePair], spec: EncodeSpec) -> EncodedPairs:
             "chosen_key": video_rows[p.chosen]["key"],
             "rejected_key": video_rows[p.rejected]["key"],
             "prompt_embeds_key": prompt_keys[p.prompt],
+            **((extras or {}).get(p.pair_id, {})),
         })
     stats = {
         "videos": len(videos),

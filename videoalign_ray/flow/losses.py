@@ -1,4 +1,4 @@
-"""Flow-matching losses as pure tensor functions: SFT and Flow-DPO (ALGORITHMS.md sections 1-2).
+"""Flow-matching losses as pure tensor functions: SFT, Flow-DPO and Flow-RWR (ALGORITHMS.md sections 1-2).
 
 Shapes: latents / velocities ``(B, C, F, H, W)``; per-sample errors ``(B,)``; float32 results.
 """
@@ -64,4 +64,59 @@ def flow_dpo_loss(
         "rejected_gap": rejected_gap.mean().detach(),
         "kl_proxy": (0.5 * (chosen_gap + rejected_gap)).mean().detach(),
     }
+    return loss, metrics
+
+
+def combine_rewards(rewards: torch.Tensor, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+    """Multi-objective reward: the weighted mean ``sum_d w_d r_d / sum_d w_d`` of ``rewards`` ``(N, 3)``
+    (normalised VQ, MQ, TA) -> ``(N,)`` float32. With equal weights this is ALGORITHMS.md section 2's
+    ``(r_VQ + r_MQ + r_TA) / 3``.
+
+    Raises:
+        ValueError: weights not 3 non-negative numbers with a positive sum.
+    """
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    if w.shape != (3,) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"reward weights must be 3 non-negative numbers with a positive sum, got {weights}")
+    return (rewards.float() * w).sum(dim=-1) / w.sum()
+
+
+def rwr_weights(
+    rewards: torch.Tensor, *, tau: float = 1.0, normalize: Literal["none", "batch_softmax"] = "none"
+) -> torch.Tensor:
+    """Flow-RWR sample weights ``(B,)`` from rewards ``(B,)`` (paper Eq. 9 with a temperature).
+
+    ``none``: ``w = exp(r / tau)``; ``batch_softmax``: ``w = B * softmax(r / tau)`` (mean weight 1, so a
+    batch of equal rewards gets weight 1 everywhere). Weights carry no gradient.
+
+    Raises:
+        ValueError: ``tau <= 0`` or an unknown normalisation.
+    """
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    z = rewards.detach().float() / tau
+    if normalize == "none":
+        return torch.exp(z)
+    if normalize == "batch_softmax":
+        return torch.softmax(z, dim=0) * z.shape[0]
+    raise ValueError(f"unknown RWR normalisation {normalize!r}")
+
+
+def flow_rwr_loss(
+    pred_velocity: torch.Tensor,
+    target_velocity: torch.Tensor,
+    rewards: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    normalize: Literal["none", "batch_softmax"] = "none",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Flow-RWR (paper Eq. 9): ``mean_b(w_b * per_sample_mse_b)`` with ``w = rwr_weights(rewards)``.
+
+    ``pred_velocity`` / ``target_velocity``: ``(B, C, F, H, W)``; ``rewards``: ``(B,)``. With ``w = 1`` this
+    is :func:`sft_loss`. Returns (scalar loss, detached metrics: weight_mean, weight_max, reward_mean).
+    """
+    w = rwr_weights(rewards, tau=tau, normalize=normalize).to(pred_velocity.device)
+    loss = (w * per_sample_mse(pred_velocity, target_velocity)).mean()
+    metrics = {"weight_mean": w.mean().detach(), "weight_max": w.max().detach(),
+               "reward_mean": rewards.detach().float().mean()}
     return loss, metrics

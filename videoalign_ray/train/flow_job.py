@@ -24,8 +24,17 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     """Config of ``jobs/flow_dpo.py`` (every key settable in YAML and as ``--kebab-case`` flag)."""
 
     output_dir: str = Field("outputs/flow_dpo", description="Checkpoints, caches, rejects.csv, MLflow store.")
-    objective: Literal["dpo", "sft", "pretrain"] = Field(
-        "dpo", description="dpo: Flow-DPO; sft: flow matching on chosen only; pretrain: on every video."
+    objective: Literal["dpo", "rwr", "sft", "pretrain"] = Field(
+        "dpo", description="dpo: Flow-DPO; rwr: Flow-RWR on every video, weighted by its reward; sft: flow "
+        "matching on chosen only (w = 1); pretrain: on every video (w = 1).",
+    )
+    reward_checkpoint: str | None = Field(
+        None, description="RWR: score the videos with this VideoReward checkpoint (default: the MOS columns)."
+    )
+    reward_weights: str = Field("1,1,1", description="RWR: weights of normalised VQ,MQ,TA in the reward mean.")
+    rwr_tau: float = Field(1.0, gt=0, description="RWR: w = exp(r / tau).")
+    rwr_normalize: Literal["none", "batch_softmax"] = Field(
+        "none", description="RWR: none = exp(r/tau) as in the paper; batch_softmax = B * softmax(r/tau)."
     )
     beta: float = Field(500.0, gt=0, description="Flow-DPO beta (paper: 500 with per-sample mean error).")
     beta_schedule: Literal["constant", "time_dependent"] = Field(
@@ -41,11 +50,46 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift (Wan2.1 480p uses 3.0).")
 
 
+class FlowRWRConfig(FlowDPOConfig):
+    """Config of ``jobs/flow_rwr.py``: the Flow-DPO job's config with ``objective = rwr`` by default
+    (``--objective sft`` gives the SFT baseline from the same job)."""
+
+    output_dir: str = Field("outputs/flow_rwr", description="Checkpoints, caches, rejects.csv, MLflow store.")
+    objective: Literal["dpo", "rwr", "sft", "pretrain"] = Field("rwr", description="rwr (default) or sft.")
+
+
 def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
     from videoalign_ray.data.synthetic import make_preference_dataset
 
     data = Path(cfg.data) if cfg.data else make_preference_dataset(out / "builtin_data", seed=cfg.seed)
-    return load_pairs(data, cfg.dimension)
+    # RWR trains on every video (A and B of each row, each with its own reward), whatever the labels say.
+    return load_pairs(data, cfg.dimension, keep_ties=cfg.objective == "rwr")
+
+
+def parse_weights(text: str) -> tuple[float, float, float]:
+    """``"1,1,1"`` -> ``(1.0, 1.0, 1.0)``. Raises ValueError naming the value."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"weights must be three comma-separated numbers (VQ,MQ,TA), got {text!r}") from None
+    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
+        raise ValueError(f"weights must be three non-negative numbers with a positive sum, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _rwr_extras(cfg: FlowDPOConfig, loaded: LoadResult) -> dict:
+    """RWR: per-pair reward columns; pairs whose videos cannot be scored join ``loaded.rejects``."""
+    from videoalign_ray.train.rwr_rewards import checkpoint_rewards, mos_rewards, pair_extras
+
+    weights = parse_weights(cfg.reward_weights)
+    if cfg.reward_checkpoint:
+        rewards, rejects = checkpoint_rewards(loaded.pairs, cfg.reward_checkpoint)
+        bad = {r.row for r in rejects}
+        loaded.pairs = [p for p in loaded.pairs if p.row not in bad]
+        loaded.rejects += rejects
+    else:
+        rewards = mos_rewards(loaded.pairs, weights)
+    return pair_extras(loaded.pairs, rewards, weights)
 
 
 def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
@@ -88,6 +132,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
     tracker, resumed_run = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, run_name, cfg.to_flat_dict())
 
     loaded = _load_data(cfg, out)
+    extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
     spec = EncodeSpec(
         model_dir=str(model_dir), cache_dir=str(Path(cfg.cache_dir or out / "cache").resolve()),
         num_frames=num_frames, height=height, width=width, max_text_tokens=preset.max_text_tokens,
@@ -95,7 +140,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
         min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
     )
-    encoded = encode_pairs(loaded.pairs, spec) if loaded.pairs else None
+    encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
     rejects = loaded.rejects + (encoded.rejects if encoded else [])
     rejects_path = write_rejects(out / "rejects.csv", rejects)
     bad_pair_rows = {r.row for r in (encoded.rejects if encoded else [])}
@@ -117,7 +162,8 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
         mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
-        fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
+        fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps, rwr_tau=cfg.rwr_tau,
+        rwr_normalize=cfg.rwr_normalize,
     )
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,

@@ -1,4 +1,5 @@
-"""The Ray Train per-worker loop for flow-matching alignment (Flow-DPO; SFT as the same loop, w = 1).
+"""The Ray Train per-worker loop for flow-matching alignment: Flow-DPO, Flow-RWR and SFT (RWR with w = 1)
+in one loop, the objective chosen by config.
 
 Each worker reads its own pre-split shard (``get_dataset_shard(f"shard_{rank}")``), so the pairs a rank
 sees are fixed by the seed and the data: a resumed run replays exactly the batches an uninterrupted run
@@ -12,11 +13,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from videoalign_ray.flow.losses import flow_dpo_loss, per_sample_mse
+from videoalign_ray.flow.losses import flow_dpo_loss, flow_rwr_loss, per_sample_mse
 from videoalign_ray.flow.schedule import add_noise, sample_t, to_model_timestep, velocity_target
 from videoalign_ray.train.driver import LoopCommon
 
-METRIC_KEYS = ("loss", "implicit_acc", "inside_mean", "chosen_gap", "rejected_gap", "kl_proxy")
+METRIC_KEYS = {
+    "dpo": ("loss", "implicit_acc", "inside_mean", "chosen_gap", "rejected_gap", "kl_proxy"),
+    "rwr": ("loss", "weight_mean", "weight_max", "reward_mean"),
+    "sft": ("loss",),
+    "pretrain": ("loss",),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,7 +30,7 @@ class LoopConfig(LoopCommon):
     """Everything a Flow-DPO / SFT / pre-training worker needs; plain values so it crosses processes as a dict."""
 
     model_dir: str
-    objective: str  # "dpo" | "sft" (chosen only) | "pretrain" (chosen and rejected alike)
+    objective: str  # "dpo" | "rwr" (both videos, reward-weighted) | "sft" (chosen only) | "pretrain" (both, w = 1)
     finetune: str  # "lora" | "full"
     lora_rank: int
     lora_alpha: float
@@ -35,6 +41,8 @@ class LoopConfig(LoopCommon):
     logit_mean: float
     logit_std: float
     t_shift: float
+    rwr_tau: float = 1.0
+    rwr_normalize: str = "none"
 
 
 def _build_model(cfg: LoopConfig):
@@ -60,8 +68,9 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
 
     ``engine`` is the DeepSpeed engine (or the bare model); ``reference`` a frozen copy, or None for LoRA,
     where the reference is the same network with its adapters disabled. ``batch``: ``chosen`` /
-    ``rejected`` latents ``(B, C, F, h, w)`` and ``prompt_embeds`` ``(B, L, D)``. ``gen`` draws ``t`` (B,)
-    and then ``eps`` (B, C, F, h, w), in that order.
+    ``rejected`` latents ``(B, C, F, h, w)`` and ``prompt_embeds`` ``(B, L, D)`` (RWR also ``reward_chosen``
+    / ``reward_rejected`` ``(B,)``). ``gen`` draws ``t`` (B,) and then ``eps`` (B, C, F, h, w), in that order
+    (then a second ``t`` and ``eps`` for the rejected videos in ``pretrain`` / ``rwr``).
     """
     module = getattr(engine, "module", engine)
     x_w = batch["chosen"].to(device=device, dtype=torch.float32)
@@ -71,14 +80,20 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
     t = sample_t(b, mode=cfg.t_sampling, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.t_shift,
                  generator=gen).to(device)
     eps = torch.randn(x_w.shape, generator=gen).to(device)
-    if cfg.objective in ("sft", "pretrain"):
+    if cfg.objective in ("sft", "pretrain", "rwr"):
         x0 = x_w
-        if cfg.objective == "pretrain":  # every video is a sample of the world, good or bad
+        if cfg.objective in ("pretrain", "rwr"):  # every video is a training sample, good or bad
             t2 = sample_t(b, mode=cfg.t_sampling, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
                           shift=cfg.t_shift, generator=gen).to(device)
             eps2 = torch.randn(x_l.shape, generator=gen).to(device)
             x0, t, eps, text = torch.cat([x_w, x_l]), torch.cat([t, t2]), torch.cat([eps, eps2]), torch.cat([text, text])
         pred = _velocity(engine, add_noise(x0, eps, t).to(dtype), t.to(dtype), text)
+        if cfg.objective == "rwr":
+            rewards = torch.cat([batch["reward_chosen"], batch["reward_rejected"]]).float()
+            loss, metrics = flow_rwr_loss(pred, velocity_target(x0, eps), rewards, tau=cfg.rwr_tau,
+                                          normalize=cfg.rwr_normalize)
+            metrics["loss"] = loss.detach()
+            return loss, metrics
         loss = per_sample_mse(pred, velocity_target(x0, eps)).mean()
         return loss, {"loss": loss.detach()}
     x_t = torch.cat([add_noise(x_w, eps, t), add_noise(x_l, eps, t)]).to(dtype)
@@ -124,7 +139,7 @@ def train_loop_per_worker(config: dict) -> None:
     ))
     run_steps(
         cfg.driver_spec(cfg.objective), engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),
-        METRIC_KEYS if cfg.objective == "dpo" else ("loss",), lora=cfg.finetune == "lora",
+        METRIC_KEYS[cfg.objective], lora=cfg.finetune == "lora",
         adapter_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
                         "base_model": cfg.model_dir},
     )
