@@ -47,15 +47,19 @@ class Tracker:
 
     @classmethod
     def start_or_resume(
-        cls, output_dir: str | Path, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any]
+        cls, output_dir: str | Path, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any],
+        resume: bool = True,
     ) -> tuple[Tracker, bool]:
-        """Re-attach to the run recorded in ``output_dir`` or create one; returns (tracker, resumed)."""
+        """Re-attach to the run recorded in ``output_dir`` or create one; returns (tracker, resumed).
+
+        ``resume=False`` always creates a new run (jobs whose re-runs are new experiments, e.g. generation).
+        """
         from mlflow.tracking import MlflowClient
 
         output_dir = Path(output_dir)
         state_file = output_dir / "mlflow_run.json"
         client = MlflowClient(tracking_uri=tracking_uri)
-        if state_file.is_file():
+        if resume and state_file.is_file():
             saved = json.loads(state_file.read_text())
             if saved.get("tracking_uri") == tracking_uri:
                 try:
