@@ -1,0 +1,257 @@
+"""The Serve reward app on a local Ray: handle/HTTP parity with in-process scoring, 4xx validation, a load test
+with malformed requests and a killed replica, reconfigure without restart, autoscaling 1 -> 2 -> 1."""
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from videoalign_ray.serve.client import post_video
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
+
+PORT = 18431
+URL = f"http://127.0.0.1:{PORT}"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """An untrained tiny reward checkpoint and a few synthetic-world videos (inside the data root)."""
+    import pandas as pd
+
+    from videoalign_ray.data.synthetic import make_preference_dataset
+    from videoalign_ray.serve.scorer import make_untrained_checkpoint
+
+    root = tmp_path_factory.mktemp("serve")
+    csv = make_preference_dataset(root / "data", num_pairs=3, seed=5)
+    table = pd.read_csv(csv)
+    videos = [(str(root / "data" / r[c]), r["prompt"]) for _, r in table.iterrows() for c in ("path_A", "path_B")]
+    outside = tmp_path_factory.mktemp("outside") / "secret.mp4"
+    outside.write_bytes(Path(videos[0][0]).read_bytes())
+    return {"ckpt": str(make_untrained_checkpoint(root / "ckpt", seed=3)), "root": str(root / "data"),
+            "videos": videos, "outside": str(outside)}
+
+
+@pytest.fixture(scope="module")
+def served(world):
+    from ray import serve
+
+    from videoalign_ray.serve.app import build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    settings = {"checkpoint": world["ckpt"], "data_roots": [world["root"]], "max_upload_bytes": 200_000}
+    handle = serve.run(build_app(settings, num_replicas=2, num_cpus=0.5, max_batch_size=8,
+                                 batch_wait_timeout_s=0.05), name="videoreward", route_prefix="/")
+    yield handle
+    serve.delete("videoreward")
+
+
+def _in_process(world):
+    from videoalign_ray.serve.scorer import RewardScorer
+
+    scorer = RewardScorer(world["ckpt"])
+    frames = [scorer.decode(p) for p, _ in world["videos"]]
+    return scorer, frames, scorer.score(frames, [c for _, c in world["videos"]])
+
+
+def test_handle_and_http_scores_equal_in_process_scores(world, served):
+    scorer, frames, expected = _in_process(world)
+    with ThreadPoolExecutor(6) as pool:  # concurrent, so they share a batch
+        by_path = list(pool.map(lambda pc: served.score.remote(pc[1], path=pc[0]).result(), world["videos"]))
+        by_frames = list(pool.map(lambda i: served.score.remote(world["videos"][i][1], frames=frames[i]).result(),
+                                  range(len(frames))))
+    with httpx.Client(timeout=60) as client:
+        by_upload = [post_video(client, URL, p, c).json() for p, c in world["videos"]]
+        by_json = [client.post(f"{URL}/score", json={"path": p, "prompt": c}).json() for p, c in world["videos"]]
+    assert max(r["batch_size"] for r in by_path + by_frames) > 1  # batching happened
+    for got in (by_path, by_frames, by_upload, by_json):
+        for g, e in zip(got, expected, strict=True):
+            assert "VQ" in g, g
+            for d in ("VQ", "MQ", "TA", "Overall"):
+                assert g[d] == pytest.approx(e[d], abs=1e-4)
+    assert by_upload[0]["model"].startswith("ckpt@")
+    assert scorer.score(frames[:1], [world["videos"][0][1]])[0]["VQ"] == pytest.approx(expected[0]["VQ"], abs=1e-4)
+
+
+def test_bad_requests_get_4xx_with_a_message(world, served):
+    prompt = world["videos"][0][1]
+    with httpx.Client(timeout=60) as client:
+        health = client.get(f"{URL}/healthz").json()
+        assert health["status"] == "ok"
+        cases = {
+            "malformed JSON": (client.post(f"{URL}/score", content=b"{not json",
+                                           headers={"content-type": "application/json"}), 400),
+            "missing prompt": (client.post(f"{URL}/score", json={"path": world["videos"][0][0]}), 422),
+            "missing prompt (upload)": (post_video(client, URL, world["videos"][0][0], ""), 422),
+            "undecodable": (post_video(client, URL, b"\x00garbage" * 100, prompt, "bad.mp4"), 422),
+            "too large": (post_video(client, URL, b"\x00" * 300_000, prompt), 413),
+            "outside roots": (client.post(f"{URL}/score", json={"path": world["outside"], "prompt": prompt}), 403),
+            "dot-dot escape": (client.post(f"{URL}/score", json={
+                "path": str(Path(world["root"]) / ".." / ".." / Path(world["outside"]).parent.name / "secret.mp4"),
+                "prompt": prompt}), 403),
+            "no such file": (client.post(f"{URL}/score", json={"path": world["root"] + "/nope.mp4",
+                                                                "prompt": prompt}), 404),
+        }
+        for name, (resp, status) in cases.items():
+            assert resp.status_code == status, (name, resp.status_code, resp.text)
+            assert resp.json()["error"], name
+        assert "outside the configured data roots" in cases["outside roots"][0].json()["error"]
+        assert "undecodable video" in cases["undecodable"][0].json()["error"]
+    from videoalign_ray.serve.app import RequestError
+
+    with pytest.raises(RequestError, match="exactly one"):
+        served.score.remote(prompt).result()
+
+
+def test_load_with_malformed_requests_and_a_killed_replica(world, served):
+    """200 requests from 8 clients, 5% malformed; one replica is killed midway. Valid requests retry on
+    server-side failures (5xx / connection errors) and must all succeed; malformed ones must all get a 4xx."""
+    import ray
+
+    rng = random.Random(0)
+    kinds = ["bad" if rng.random() < 0.05 else "good" for _ in range(200)]
+    kinds[:2] = ["bad", "bad"]  # at least a few malformed ones whatever the draw
+
+    class ServerError(Exception):
+        pass
+
+    @retry(retry=retry_if_exception_type((ServerError, httpx.TransportError)), stop=stop_after_attempt(8),
+           wait=wait_fixed(0.5), reraise=True)
+    def send(client, i):
+        path, prompt = world["videos"][i % len(world["videos"])]
+        if kinds[i] == "bad":
+            resp = client.post(f"{URL}/score", json={"path": path})  # no prompt
+        else:
+            resp = client.post(f"{URL}/score", json={"path": path, "prompt": prompt})
+        if resp.status_code >= 500:
+            raise ServerError(resp.text)
+        return resp
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VideoReward" in a["name"]]
+    assert len(replicas) == 2
+    done = threading.Event()
+
+    def killer():
+        time.sleep(1.5)
+        victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+        ray.kill(victim, no_restart=False)
+        done.set()
+
+    threading.Thread(target=killer, daemon=True).start()
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: send(client, i), range(len(kinds))))
+    assert done.is_set()
+    good = [r for r, k in zip(results, kinds, strict=True) if k == "good"]
+    bad = [r for r, k in zip(results, kinds, strict=True) if k == "bad"]
+    assert all(r.status_code == 200 and np.isfinite(r.json()["Overall"]) for r in good)
+    assert bad and all(r.status_code == 422 and r.json()["error"] == "missing prompt" for r in bad)
+
+
+def test_autoscaling_scales_up_under_load_and_back_down(world):
+    from ray import serve
+
+    from videoalign_ray.serve.app import build_app
+
+    settings = {"checkpoint": world["ckpt"], "data_roots": [world["root"]]}
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
+                   "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "metrics_interval_s": 0.5,
+                   "look_back_period_s": 2.0}
+    handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0.5, max_batch_size=1,
+                                 max_ongoing_requests=4),
+                       name="autoscale", route_prefix="/autoscale")
+
+    def running():
+        dep = serve.status().applications["autoscale"].deployments["VideoReward"]
+        return dep.replica_states.get("RUNNING", 0)
+
+    path, prompt = world["videos"][0]
+    stop = threading.Event()
+    seen = []
+
+    def client():
+        while not stop.is_set():
+            handle.score.remote(prompt, path=path).result()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    try:
+        assert running() == 1
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and running() < 2:
+            time.sleep(0.5)
+        seen.append(running())
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=30)
+    assert seen == [2], f"did not scale up: {serve.status().applications['autoscale']}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and running() != 1:
+        time.sleep(0.5)
+    assert running() == 1, f"did not scale down: {serve.status().applications['autoscale']}"
+    serve.delete("autoscale")
+
+
+def test_serve_config_file_deploys_and_reconfigures_without_restart(world, tmp_path):
+    """cluster/serve_reward.yaml through the declarative path that ``serve deploy`` uses: changing only
+    user_config (batch size, then the checkpoint) keeps the same replicas and takes effect."""
+    import ray
+    import yaml
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from videoalign_ray.serve.scorer import make_untrained_checkpoint
+
+    for app in ("videoreward", "autoscale"):  # a declarative deploy may not mix with serve.run apps
+        serve.delete(app)
+    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster" / "serve_reward.yaml").read_text())
+    conf["http_options"] = {"host": "127.0.0.1", "port": PORT}
+    app = conf["applications"][0]
+    app["args"].update(checkpoint=world["ckpt"], data_roots=[world["root"]])
+    dep = app["deployments"][0]
+    dep.pop("autoscaling_config")
+    dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.5, "num_gpus": 0})
+    dep["user_config"] = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
+    client = _get_global_client()
+
+    def deploy_and_wait():
+        client.deploy_apps(ServeDeploySchema.model_validate(conf), _blocking=True)
+        for _ in range(120):
+            st = serve.status().applications["videoreward"]
+            if str(st.status).endswith("RUNNING") and st.deployments["VideoReward"].replica_states == {"RUNNING": 1}:
+                return
+            time.sleep(0.5)
+        raise AssertionError(serve.status().applications["videoreward"])
+
+    def replicas():
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "VideoReward" in a["name"])
+
+    def score_all():
+        handle = serve.get_app_handle("videoreward")
+        with ThreadPoolExecutor(6) as pool:
+            return list(pool.map(lambda pc: handle.score.remote(pc[1], path=pc[0]).result(), world["videos"]))
+
+    deploy_and_wait()
+    before = replicas()
+    first = score_all()
+    assert max(r["batch_size"] for r in first) > 1
+    dep["user_config"] = {"max_batch_size": 1, "batch_wait_timeout_s": 0.05}
+    deploy_and_wait()
+    assert replicas() == before  # reconfigure(), not a restart
+    assert max(r["batch_size"] for r in score_all()) == 1
+    other = make_untrained_checkpoint(tmp_path / "other", seed=99)
+    dep["user_config"] = {"max_batch_size": 8, "checkpoint": str(other)}
+    deploy_and_wait()
+    assert replicas() == before
+    swapped = score_all()
+    assert all(r["model"].startswith("other@") for r in swapped)
+    assert any(abs(a["Overall"] - b["Overall"]) > 1e-3 for a, b in zip(first, swapped, strict=True))
+    serve.delete("videoreward")

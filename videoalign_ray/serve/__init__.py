@@ -1,0 +1,1 @@
+"""Ray Serve reward application: VideoReward scoring and Flow-NRG guidance behind one deployment."""

@@ -1,0 +1,83 @@
+"""``jobs/serve_reward.py``: deploy the reward app on Ray Serve, print the URL, keep running.
+
+HTTP binds to 127.0.0.1 unless ``--host`` says otherwise; request-supplied paths must lie under
+``--data-roots``. Ray's token authentication stays as Ray configures it (on by default in Ray 2.60).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from videoalign_ray.config import RuntimeSection
+
+
+class ServeRewardConfig(RuntimeSection):
+    """Config of ``jobs/serve_reward.py`` (also the knobs of ``cluster/serve_reward.yaml``)."""
+
+    output_dir: str = "outputs/serve_reward"
+    checkpoint: str | None = Field(None, description="VideoReward checkpoint; default: an UNTRAINED tiny one.")
+    latent_reward: str | None = Field(None, description="Latent reward checkpoint for Flow-NRG guide() calls.")
+    data_roots: str = Field(".", description="Comma-separated folders that request paths must resolve inside.")
+    host: str = Field("127.0.0.1", description="HTTP bind address (loopback by default).")
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "videoreward"
+    route_prefix: str = "/"
+    max_batch_size: int = Field(8, ge=1, description="@serve.batch max batch (reconfigurable).")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch wait for a fuller batch (seconds).")
+    max_ongoing_requests: int = Field(32, ge=1, description="Per replica; caps how full a batch can get.")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0, description="Autoscaling target per replica.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica.")
+    max_upload_mb: float = Field(64.0, gt=0, description="Upload / body size limit (MiB): 413 above it.")
+    run_seconds: float = Field(0.0, ge=0, description="Stop after this long (0 = until Ctrl-C).")
+
+
+def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
+    """Start Serve (HTTP on ``host:port``) and run the app; returns ``(DeploymentHandle, base URL)``."""
+    from ray import serve
+
+    from videoalign_ray.serve.app import build_app
+    from videoalign_ray.serve.scorer import make_untrained_checkpoint
+    from videoalign_ray.train.launch import init_ray
+
+    init_ray()
+    ckpt = cfg.checkpoint or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
+    if not cfg.checkpoint:
+        print(f"[videoalign] no --checkpoint: serving an UNTRAINED tiny VideoReward ({ckpt}); scores are noise")
+    settings = {"checkpoint": str(Path(ckpt).resolve()), "latent_reward": cfg.latent_reward,
+                "data_roots": [str(Path(r.strip()).resolve()) for r in cfg.data_roots.split(",") if r.strip()],
+                "max_upload_bytes": int(cfg.max_upload_mb * (1 << 20)), "device": "cuda" if cfg.num_gpus else "cpu"}
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    autoscaling = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                   "initial_replicas": max(cfg.min_replicas, 1),
+                   "target_ongoing_requests": cfg.target_ongoing_requests}
+    app = build_app(settings, max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s,
+                    max_ongoing_requests=cfg.max_ongoing_requests, autoscaling=autoscaling, num_cpus=cfg.num_cpus,
+                    num_gpus=cfg.num_gpus)
+    handle = serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix)
+    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    return handle, url
+
+
+def run_serve_reward(cfg: ServeRewardConfig) -> dict:
+    """Deploy, print the URL and example requests, then block (``run_seconds`` or Ctrl-C)."""
+    from ray import serve
+
+    _, url = deploy(cfg)
+    print(f"[videoalign] reward app {cfg.app_name!r} is up: {url}/score  (health: {url}/healthz)\n"
+          f"  curl -F prompt='a red circle moving left to right' -F file=@video.mp4 {url}/score\n"
+          f"  curl -H 'content-type: application/json' -d '{{\"prompt\": \"...\", \"path\": \"<under "
+          f"{cfg.data_roots}>\"}}' {url}/score", flush=True)
+    start = time.monotonic()
+    try:
+        while cfg.run_seconds == 0 or time.monotonic() - start < cfg.run_seconds:
+            time.sleep(min(1.0, cfg.run_seconds or 1.0))
+    except KeyboardInterrupt:
+        pass
+    status = serve.status().applications[cfg.app_name].status
+    return {"url": url, "app": cfg.app_name, "status": str(status), "uptime_s": round(time.monotonic() - start, 1)}

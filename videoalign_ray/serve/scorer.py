@@ -1,0 +1,118 @@
+"""The in-process reward scorer shared by the Serve replicas, the benchmark and local callers (no Ray here).
+
+``RewardScorer.score(frames_list, prompts)`` runs one batched forward pass of a VideoReward checkpoint and
+returns normalised VQ / MQ / TA and ``Overall = VQ + MQ + TA`` per video (ALGORITHMS.md section 4).
+Optional: a latent reward checkpoint for Flow-NRG ``guide`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videoalign_ray.data.video import VideoDecodeError
+
+DIMS = ("VQ", "MQ", "TA")
+
+
+class RewardScorer:
+    """A loaded VideoReward checkpoint plus its frame settings (fps, pixel budget).
+
+    Raises (constructor): FileNotFoundError for a folder that is not a reward checkpoint.
+    """
+
+    def __init__(self, checkpoint: str | Path, latent_reward: str | Path | None = None, device: str = "cpu"):
+        from videoalign_ray.reward.checkpoint import load_reward_checkpoint
+        from videoalign_ray.reward.pipeline import FrameSpec
+
+        checkpoint = Path(checkpoint)
+        if not (checkpoint / "reward_config.json").is_file():
+            raise FileNotFoundError(f"{checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
+        self.checkpoint = str(checkpoint.resolve())
+        self.device = device
+        self.model, self.proc = load_reward_checkpoint(checkpoint)
+        self.model.to(device)
+        rc = json.loads((checkpoint / "reward_config.json").read_text())
+        self.spec = FrameSpec(fps=rc.get("fps", 2.0), min_pixels=rc.get("min_pixels", 128 * 28 * 28),
+                              max_pixels=rc.get("max_pixels", 448 * 448))
+        self.model_id = f"{checkpoint.name}@steps={rc.get('steps', 'untrained')}"
+        self.latent = None
+        if latent_reward:
+            from videoalign_ray.reward.latent import load_latent_reward
+
+            self.latent = load_latent_reward(latent_reward).to(device).requires_grad_(False)
+
+    def decode(self, path: str | Path) -> np.ndarray:
+        """uint8 ``(T, H, W, 3)`` frames of a video file at the checkpoint's fps and pixel budget.
+
+        Raises:
+            VideoDecodeError: the file is not a decodable video.
+        """
+        from videoalign_ray.reward.pipeline import decode_for_reward
+
+        try:
+            return decode_for_reward(str(path), self.spec)
+        except (OSError, ValueError) as exc:
+            raise VideoDecodeError(f"{path}: {exc}") from exc
+
+    def prepare(self, frames: np.ndarray) -> np.ndarray:
+        """Frames given directly (uint8 ``(T, H, W, 3)``) resized to the pixel budget like decoded ones.
+
+        Raises:
+            ValueError: not a non-empty uint8 array of shape (T, H, W, 3).
+        """
+        from videoalign_ray.data.transforms import resize_to_budget
+
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+        return resize_to_budget(frames, factor=self.spec.factor, min_pixels=self.spec.min_pixels,
+                                max_pixels=self.spec.max_pixels)
+
+    @torch.no_grad()
+    def score(self, frames: list[np.ndarray], prompts: list[str]) -> list[dict[str, float]]:
+        """One forward pass over the batch; returns ``[{"VQ", "MQ", "TA", "Overall"}]`` (normalised)."""
+        if not frames:
+            return []
+        inputs = {k: v.to(self.device) for k, v in self.proc(frames, prompts).items()}
+        raw = self.model(**inputs).float().cpu().numpy()
+        norm = (raw - self.model.norm_mean.cpu().numpy()) / self.model.norm_std.cpu().numpy()
+        return [{**{d: float(row[k]) for k, d in enumerate(DIMS)}, "Overall": float(row.sum())} for row in norm]
+
+    def guide(self, latents: np.ndarray, t: np.ndarray, prompt_embeds: np.ndarray,
+              weights: np.ndarray) -> np.ndarray:
+        """Flow-NRG gradient ``(B, C, F, h, w)`` float32 of ``sum_d weights_d r_d`` from the latent reward model.
+
+        Raises:
+            RuntimeError: no latent reward model is loaded.
+        """
+        from videoalign_ray.reward.latent import reward_gradient
+
+        if self.latent is None:
+            raise RuntimeError("this reward app has no latent reward model (deploy with --latent-reward DIR)")
+        grad = reward_gradient(self.latent, torch.as_tensor(latents, dtype=torch.float32),
+                               torch.as_tensor(t, dtype=torch.float32),
+                               torch.as_tensor(prompt_embeds, dtype=torch.float32),
+                               torch.as_tensor(weights, dtype=torch.float32))
+        return grad.cpu().numpy()
+
+
+def make_untrained_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random-init VideoReward checkpoint (tokenizer built from the world's prompts), for a default
+    run without a trained one. Its scores are meaningless; it exercises the serving path only."""
+    from videoalign_ray.data.synthetic import all_scenes
+    from videoalign_ray.reward.checkpoint import save_reward_checkpoint
+    from videoalign_ray.reward.processor import build_tiny_tokenizer
+    from videoalign_ray.reward.train_loop import build_reward_model
+
+    out_dir = Path(out_dir)
+    if (out_dir / "reward_config.json").is_file():
+        return out_dir
+    tok_dir = out_dir.parent / (out_dir.name + "_tokenizer")
+    build_tiny_tokenizer([s.prompt for s in all_scenes()]).save_pretrained(tok_dir)
+    model, proc = build_reward_model(str(tok_dir), None, 3, "special", seed)
+    return save_reward_checkpoint(model.eval(), proc.tokenizer, out_dir,
+                                  {"fps": 8.0, "min_pixels": 56 * 56, "max_pixels": 56 * 56})
