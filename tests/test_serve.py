@@ -199,6 +199,35 @@ def test_autoscaling_scales_up_under_load_and_back_down(world):
     serve.delete("autoscale")
 
 
+def test_remote_guide_equals_local_guide(world, tiny_model_dir, tmp_path):
+    """Flow-NRG through the app's guide() (DeploymentHandle) gives the local latent-reward gradient."""
+    import torch
+    from ray import serve
+
+    from videoalign_ray.reward.latent import (
+        LatentRewardGuide,
+        from_generator,
+        load_latent_reward,
+        save_latent_reward,
+    )
+    from videoalign_ray.serve.app import build_app
+    from videoalign_ray.serve.client import ServeGuide
+
+    model = from_generator(tiny_model_dir, 1)
+    torch.nn.init.normal_(model.head.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    ckpt = save_latent_reward(model, tmp_path / "latent")
+    serve.run(build_app({"checkpoint": world["ckpt"], "latent_reward": str(ckpt), "data_roots": [world["root"]]},
+                        num_cpus=0.5), name="guide", route_prefix="/guide")
+    g = torch.Generator().manual_seed(1)
+    x, t, c = torch.randn(2, 3, 4, 16, 16, generator=g), torch.tensor([0.3, 0.8]), torch.randn(2, 5, 384, generator=g)
+    w = torch.tensor([0.2, 0.3, 0.5])
+    remote = ServeGuide("guide")(x, t, c, w)
+    local = LatentRewardGuide(load_latent_reward(ckpt))(x, t, c, w)
+    assert remote.shape == x.shape and remote.abs().sum() > 0
+    assert torch.allclose(remote, local, atol=1e-5)
+    serve.delete("guide")
+
+
 def test_serve_config_file_deploys_and_reconfigures_without_restart(world, tmp_path):
     """cluster/serve_reward.yaml through the declarative path that ``serve deploy`` uses: changing only
     user_config (batch size, then the checkpoint) keeps the same replicas and takes effect."""
