@@ -24,15 +24,19 @@ def _train(out: Path, **kw):
     return run_train_reward(validate_config(TrainRewardConfig, values))
 
 
-def test_killed_worker_recovers_and_finishes(tmp_path):
-    # Known gap (issue 4 notes): two *clean* reward runs with one seed already differ at step 1 (loss 1.5020
-    # vs 1.5019), so unlike the Flow-DPO test this one cannot compare weights with an uninterrupted run yet.
+def test_killed_worker_resumes_to_same_result(tmp_path):
+    """A rank SIGKILLed at step 4 of 6: the group restarts, and the final weights and validation accuracy equal
+    those of an uninterrupted run with the same seed (each run renders its own synthetic data; lossless
+    encoding makes those identical)."""
+    clean = _train(tmp_path / "clean")
     faulty = _train(tmp_path / "faulty", fail_at_step=4)
     assert (tmp_path / "faulty" / ".fault_injected").is_file(), "the fault was never injected"
-    assert faulty["steps"] == 6
-    assert all(0.0 <= v <= 1.0 for v in faulty["val_accuracy"].values())
-    a = load_file(Path(faulty["checkpoint"]) / "model.safetensors")
-    assert all(torch.isfinite(v.float()).all() for v in a.values())
+    assert faulty["steps"] == clean["steps"] == 6
+    assert faulty["val_accuracy"] == clean["val_accuracy"]
+    a = load_file(Path(clean["checkpoint"]) / "model.safetensors")
+    b = load_file(Path(faulty["checkpoint"]) / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
     rc = json.loads((Path(faulty["checkpoint"]) / "reward_config.json").read_text())
     assert rc["norm_std"] != [1.0, 1.0, 1.0] and rc["fps"] == 8.0
 

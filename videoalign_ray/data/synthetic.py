@@ -161,7 +161,7 @@ def make_preference_dataset(
         for side, k in zip("AB", knobs, strict=True):
             rel = f"videos/{name}{i:04d}_{side}.mp4"
             frames = render(scene, num_frames=num_frames, size=size, seed=seed * 100_003 + 2 * i + (side == "B"), **k)
-            write_mp4(out_dir / rel, frames, fps=fps)
+            write_mp4(out_dir / rel, frames, fps=fps, lossless=True)
             paths.append(rel)
         rows.append({
             "path_A": paths[0], "path_B": paths[1], "prompt": scene.prompt,

@@ -308,8 +308,13 @@ def load_video(
 
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int = 18, lossless: bool = False) -> Path:
     """Encode uint8 frames ``(T, H, W, 3)`` as H.264 mp4 (yuv420p) atomically; H and W must be even.
+
+    ``lossless=True`` (x264 ``qp=0``) makes the decoded pixels a pure function of ``frames``. In CRF mode the
+    same frames encoded in two processes that had imported Ray (which loads decord's bundled FFmpeg next to
+    PyAV's) decoded to different pixels (up to 21 levels), even with one encoder thread; datasets that must
+    be reproducible (the synthetic world) use lossless.
 
     Raises:
         ValueError: wrong dtype / shape or odd frame size.
@@ -327,7 +332,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int =
             stream = container.add_stream("libx264", rate=int(round(fps)))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
+            stream.options = {"qp": "0"} if lossless else {"crf": str(crf)}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
