@@ -1,12 +1,14 @@
 """Reward serving throughput and latency, side by side in one run, on loopback only.
 
-    python benchmarks/serve_reward.py [--requests 256] [--checkpoint DIR] [--frames 16] [--pixels 3136]
+    python benchmarks/serve_reward.py [--requests 256] [--checkpoint DIR] [--pixels 12544] [--hidden 256]
 
 (a) in-process batched scoring (RewardScorer.score on batches of max_batch_size, the same torch threads as a
 replica), (b) Serve via DeploymentHandle with @serve.batch, (c) Serve via handle with max_batch_size 1
 (unbatched), (d) HTTP POST /score (multipart upload of the mp4: includes upload + decode, so it is not
 comparable to (a)-(c), which send decoded frames). Each at 1 and 32 concurrent clients, a bounded number of
 requests. Prints throughput (videos/s), p50/p99 latency (ms) and the ratios (b)/(a) and (b)/(c).
+The default model is an untrained tiny VideoReward sized to be compute-bound (112x112 frames, hidden 256,
+4 LM and 4 vision layers): timing does not depend on trained weights.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--replica-cpus", type=float, default=2.0, help="CPUs (= torch threads) per replica.")
     ap.add_argument("--port", type=int, default=18461)
+    ap.add_argument("--pixels", type=int, default=112 * 112, help="Frame pixel budget of the untrained model.")
+    ap.add_argument("--hidden", type=int, default=256, help="LM hidden size of the untrained model.")
     args = ap.parse_args()
 
     import httpx
@@ -61,7 +65,8 @@ def main() -> None:
     from videoalign_ray.serve.scorer import RewardScorer, make_untrained_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="va-bench-serve-"))
-    ckpt = args.checkpoint or str(make_untrained_checkpoint(work / "ckpt"))
+    ckpt = args.checkpoint or str(make_untrained_checkpoint(work / "ckpt", pixels=args.pixels, hidden=args.hidden,
+                                                            layers=4, vision_dim=128, vision_depth=4))
     csv = make_preference_dataset(work / "data", num_pairs=4, seed=1)
     table = pd.read_csv(csv)
     videos = [(str(work / "data" / r[c]), r["prompt"]) for _, r in table.iterrows() for c in ("path_A", "path_B")]

@@ -41,6 +41,8 @@ def smart_resize(
 
 
 def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    if frames.shape[1:3] == (height, width) and frames.dtype == np.uint8:
+        return np.ascontiguousarray(frames)  # already at the target size: no float round trip
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (height, width):
         antialias = height < x.shape[-2] or width < x.shape[-1]

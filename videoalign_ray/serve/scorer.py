@@ -100,19 +100,26 @@ class RewardScorer:
         return grad.cpu().numpy()
 
 
-def make_untrained_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+def make_untrained_checkpoint(out_dir: str | Path, seed: int = 0, *, pixels: int = 56 * 56, hidden: int = 128,
+                              layers: int = 2, vision_dim: int = 64, vision_depth: int = 2) -> Path:
     """A tiny random-init VideoReward checkpoint (tokenizer built from the world's prompts), for a default
-    run without a trained one. Its scores are meaningless; it exercises the serving path only."""
+    run without a trained one and for serving benchmarks (``pixels`` per frame and the model sizes set how
+    compute-bound it is). Its scores are meaningless; it exercises the serving path only."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
     from videoalign_ray.data.synthetic import all_scenes
     from videoalign_ray.reward.checkpoint import save_reward_checkpoint
-    from videoalign_ray.reward.processor import build_tiny_tokenizer
-    from videoalign_ray.reward.train_loop import build_reward_model
+    from videoalign_ray.reward.model import VideoRewardModel, tiny_qwen2vl_config
+    from videoalign_ray.reward.processor import VideoRewardProcessor, build_tiny_tokenizer
 
     out_dir = Path(out_dir)
     if (out_dir / "reward_config.json").is_file():
         return out_dir
-    tok_dir = out_dir.parent / (out_dir.name + "_tokenizer")
-    build_tiny_tokenizer([s.prompt for s in all_scenes()]).save_pretrained(tok_dir)
-    model, proc = build_reward_model(str(tok_dir), None, 3, "special", seed)
-    return save_reward_checkpoint(model.eval(), proc.tokenizer, out_dir,
-                                  {"fps": 8.0, "min_pixels": 56 * 56, "max_pixels": 56 * 56})
+    tok = build_tiny_tokenizer([s.prompt for s in all_scenes()])
+    proc = VideoRewardProcessor(tok)
+    torch.manual_seed(seed)
+    backbone = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tok, hidden=hidden, layers=layers,
+                                                                   vision_dim=vision_dim, vision_depth=vision_depth))
+    model = VideoRewardModel(backbone, proc.reward_token_ids, output_dim=3)
+    return save_reward_checkpoint(model.eval(), tok, out_dir, {"fps": 8.0, "min_pixels": pixels, "max_pixels": pixels})
