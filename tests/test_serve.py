@@ -228,6 +228,27 @@ def test_remote_guide_equals_local_guide(world, tiny_model_dir, tmp_path):
     serve.delete("guide")
 
 
+def test_serve_reward_job_deploys_and_reports(tmp_path, world):
+    """jobs/serve_reward.py's function: deploys (untrained default checkpoint), stays up, answers on 127.0.0.1."""
+    from ray import serve
+
+    from videoalign_ray.config import validate_config
+    from videoalign_ray.serve.job import ServeRewardConfig, run_serve_reward
+
+    cfg = validate_config(ServeRewardConfig, dict(output_dir=str(tmp_path / "job"), port=PORT, app_name="jobapp",
+                                                  route_prefix="/jobapp", run_seconds=1, num_cpus=0.5,
+                                                  data_roots=world["root"]))
+    summary = run_serve_reward(cfg)
+    assert summary["url"] == f"{URL}/jobapp" and summary["status"].endswith("RUNNING")
+    assert (tmp_path / "job" / "untrained" / "reward_config.json").is_file()
+    with httpx.Client(timeout=60) as client:
+        assert client.get(f"{URL}/jobapp/healthz").json()["model"] == "untrained@steps=untrained"
+        path, prompt = world["videos"][0]
+        assert set(client.post(f"{URL}/jobapp/score", json={"path": path, "prompt": prompt}).json()) == {
+            "VQ", "MQ", "TA", "Overall", "model"}
+    serve.delete("jobapp")
+
+
 def test_serve_config_file_deploys_and_reconfigures_without_restart(world, tmp_path):
     """cluster/serve_reward.yaml through the declarative path that ``serve deploy`` uses: changing only
     user_config (batch size, then the checkpoint) keeps the same replicas and takes effect."""
