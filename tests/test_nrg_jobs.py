@@ -68,3 +68,23 @@ def test_latent_reward_job_then_guided_generation(tmp_path):
     assert json.loads((tmp_path / "gen" / "summary.json").read_text())["videos"] == 4
     with pytest.raises(ValueError, match="needs exactly one of --latent-reward"):
         run_generate(validate_config(GenerateConfig, dict(output_dir=str(tmp_path / "g2"), guidance_scale=1.0)))
+
+
+def test_training_rows_follow_the_table_order(tmp_path):
+    """encode_pairs keeps the table's row order (pair ids hash absolute paths; ordering by them made two copies
+    of one dataset in different folders train on different batches)."""
+    from videoalign_ray.data.io import load_pairs
+    from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
+    from videoalign_ray.data.synthetic import make_preference_dataset
+    from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, component_id
+
+    preset = PRESETS["tiny-world"]
+    pairs = load_pairs(make_preference_dataset(tmp_path / "d", num_pairs=10, seed=4), keep_ties=True).pairs
+    assert [p.row for p in pairs] == list(range(1, 11))
+    assert [p.pair_id for p in pairs] != sorted(p.pair_id for p in pairs)  # the old order would differ
+    spec = EncodeSpec(model_dir=str(TINY_WORLD_ASSET), cache_dir=str(tmp_path / "cache"),
+                      num_frames=preset.num_frames, height=preset.height, width=preset.width,
+                      max_text_tokens=preset.max_text_tokens, vae_id=component_id(TINY_WORLD_ASSET, "vae"),
+                      text_encoder_id="all-MiniLM-L6-v2")
+    rows = encode_pairs(pairs, spec, {p.pair_id: {"row": p.row} for p in pairs}).dataset.take_all()
+    assert [int(r["row"]) for r in rows] == list(range(1, 11))

@@ -162,7 +162,7 @@ def test_autoscaling_scales_up_under_load_and_back_down(world):
     autoscaling = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
                    "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "metrics_interval_s": 0.5,
                    "look_back_period_s": 2.0}
-    handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0.5, max_batch_size=1,
+    handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0.25, max_batch_size=1,
                                  max_ongoing_requests=4),
                        name="autoscale", route_prefix="/autoscale")
 
@@ -183,7 +183,7 @@ def test_autoscaling_scales_up_under_load_and_back_down(world):
         assert running() == 1
         for th in threads:
             th.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and running() < 2:
             time.sleep(0.5)
         seen.append(running())

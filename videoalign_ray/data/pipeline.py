@@ -145,7 +145,8 @@ def encode_pairs(
     rewards ``reward_chosen`` / ``reward_rejected``, or the per-dimension ``labels`` ``(3,)``).
 
     Returns:
-        EncodedPairs: ``dataset`` rows (ordered by pair_id) ``{chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
+        EncodedPairs: ``dataset`` rows in the order of ``pairs`` (the table's row order: pair ids hash the
+        absolute paths, so ordering by them made the batches depend on where the data lie) ``{chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
         prompt_embeds: (L, D) f32, **extras}``; ``rejects`` for pairs whose video failed.
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
@@ -199,7 +200,6 @@ def encode_pairs(
         "videos_failed": sum(r["status"] == "error" for r in video_rows.values()),
         "prompts": len(prompts),
     }
-    items.sort(key=lambda r: r["pair_id"])
     dataset = None
     if items:
         dataset = (
