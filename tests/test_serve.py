@@ -49,7 +49,7 @@ def served(world):
     handle = serve.run(build_app(settings, num_replicas=2, num_cpus=0.5, max_batch_size=8,
                                  batch_wait_timeout_s=0.05), name="videoreward", route_prefix="/")
     yield handle
-    serve.delete("videoreward")
+    serve.shutdown()  # also stops this process's handle metrics pushers before the module's Ray goes away
 
 
 def _in_process(world):
