@@ -176,3 +176,16 @@ def make_preference_dataset(
         w.writeheader()
         w.writerows(rows)
     return csv_path
+
+
+def train_val_tables(out_dir: str | Path, data: str | None, val_data: str | None, *, train_pairs: int,
+                     val_pairs: int, seed: int) -> tuple[str, str]:
+    """The (train, validation) tables of a reward-model job: the given ones, or the world's defaults, written
+    under ``out_dir``: ``train_pairs`` pairs on the train prompts and ``val_pairs`` on the held-out prompts of
+    :func:`split_scenes` (disjoint prompts)."""
+    train, held = split_scenes(seed=seed)
+    data = data or str(make_preference_dataset(out_dir, num_pairs=train_pairs, scenes=train, seed=seed,
+                                               name="train"))
+    val_data = val_data or str(make_preference_dataset(out_dir, num_pairs=val_pairs, scenes=held, seed=seed + 1,
+                                                       name="val"))
+    return data, val_data

@@ -46,7 +46,7 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
     import numpy as np
     import torch
 
-    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
+    from videoalign_ray.data.synthetic import train_val_tables
     from videoalign_ray.reward.checkpoint import save_reward_checkpoint
     from videoalign_ray.reward.pipeline import FrameSpec, decode_pairs
     from videoalign_ray.reward.processor import build_tiny_tokenizer, load_tokenizer
@@ -68,11 +68,8 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
     tiny = cfg.preset == "tiny"
     if not tiny and not cfg.model_path:
         raise FileNotFoundError("preset qwen2-vl-2b needs --model-path to a local Qwen2-VL-2B-Instruct folder")
-    train, held = split_scenes(seed=cfg.seed)
-    data = cfg.data or str(make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train,
-                                                   seed=cfg.seed, name="train"))
-    val_data = cfg.val_data or str(make_preference_dataset(out / "data", num_pairs=cfg.val_pairs, scenes=held,
-                                                           seed=cfg.seed + 1, name="val"))
+    data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
+                                      val_pairs=cfg.val_pairs, seed=cfg.seed)
     loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
     tok_dir = out / "tokenizer"
     if tiny and not (tok_dir / "tokenizer.json").is_file():

@@ -103,6 +103,23 @@ def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
     return out / "final"
 
 
+def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
+    """The Ray Data encoding spec of a generator job (``cfg``: a config with the data and model sections):
+    video size from the flags or the preset, latent cache under ``<out>/cache`` unless ``--cache-dir``."""
+    from videoalign_ray.data.pipeline import EncodeSpec
+    from videoalign_ray.flow.model import PRESETS, component_id
+
+    preset = PRESETS[cfg.preset]
+    return EncodeSpec(
+        model_dir=str(model_dir), cache_dir=str(Path(cfg.cache_dir or out / "cache").resolve()),
+        num_frames=cfg.num_frames or preset.num_frames, height=cfg.height or preset.height,
+        width=cfg.width or preset.width, max_text_tokens=preset.max_text_tokens,
+        vae_id=component_id(model_dir, "vae"),
+        text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
+        min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
+    )
+
+
 def run_flow_job(cfg: FlowDPOConfig) -> dict:
     """Run the whole job; returns the summary dict (also written to ``<output_dir>/summary.json``).
 
@@ -110,8 +127,8 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         DataError: no usable pair, or too many rejects.
         FileNotFoundError: the real preset without a model folder.
     """
-    from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
-    from videoalign_ray.flow.model import PRESETS, component_id, resolve_model_dir
+    from videoalign_ray.data.pipeline import encode_pairs
+    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
     from videoalign_ray.tracking import Tracker, default_tracking_uri
     from videoalign_ray.train.flow_loop import LoopConfig, loop_config_dict, train_loop_per_worker
     from videoalign_ray.train.launch import init_ray, make_trainer, split_for_workers, use_gpu_default
@@ -133,13 +150,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
 
     loaded = _load_data(cfg, out)
     extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
-    spec = EncodeSpec(
-        model_dir=str(model_dir), cache_dir=str(Path(cfg.cache_dir or out / "cache").resolve()),
-        num_frames=num_frames, height=height, width=width, max_text_tokens=preset.max_text_tokens,
-        vae_id=component_id(model_dir, "vae"),
-        text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
-        min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
-    )
+    spec = encode_spec(cfg, model_dir, out, use_gpu)
     encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
     rejects = loaded.rejects + (encoded.rejects if encoded else [])
     rejects_path = write_rejects(out / "rejects.csv", rejects)

@@ -39,20 +39,12 @@ class LatentRewardConfig(RuntimeSection, DataSection, ModelSection, TrainSection
 
 
 def _encode(pairs, cfg: LatentRewardConfig, model_dir: Path, out: Path, use_gpu: bool):
-    from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
-    from videoalign_ray.flow.model import PRESETS, component_id
+    from videoalign_ray.data.pipeline import encode_pairs
     from videoalign_ray.reward.pipeline import labels_of
+    from videoalign_ray.train.flow_job import encode_spec
 
-    preset = PRESETS[cfg.preset]
-    spec = EncodeSpec(
-        model_dir=str(model_dir), cache_dir=str(Path(cfg.cache_dir or out / "cache").resolve()),
-        num_frames=cfg.num_frames or preset.num_frames, height=cfg.height or preset.height,
-        width=cfg.width or preset.width, max_text_tokens=preset.max_text_tokens,
-        vae_id=component_id(model_dir, "vae"),
-        text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
-        min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
-    )
-    return encode_pairs(pairs, spec, {p.pair_id: {"labels": labels_of(p)} for p in pairs})
+    return encode_pairs(pairs, encode_spec(cfg, model_dir, out, use_gpu),
+                        {p.pair_id: {"labels": labels_of(p)} for p in pairs})
 
 
 def run_latent_reward(cfg: LatentRewardConfig) -> dict:
@@ -65,7 +57,7 @@ def run_latent_reward(cfg: LatentRewardConfig) -> dict:
     import torch
 
     from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
-    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
+    from videoalign_ray.data.synthetic import train_val_tables
     from videoalign_ray.flow.model import resolve_model_dir
     from videoalign_ray.reward.latent import LatentRewardModel, from_generator, save_latent_reward
     from videoalign_ray.tracking import Tracker, default_tracking_uri
@@ -83,11 +75,8 @@ def run_latent_reward(cfg: LatentRewardConfig) -> dict:
     init_ray()
     use_gpu = use_gpu_default(cfg.use_gpu)
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
-    train, held = split_scenes(seed=cfg.seed)
-    data = cfg.data or str(make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train,
-                                                   seed=cfg.seed, name="train"))
-    val_data = cfg.val_data or str(make_preference_dataset(out / "data", num_pairs=cfg.val_pairs, scenes=held,
-                                                           seed=cfg.seed + 1, name="val"))
+    data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
+                                      val_pairs=cfg.val_pairs, seed=cfg.seed)
     loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
     tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
     tracker, resumed = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, cfg.run_name or out.name,
