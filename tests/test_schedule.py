@@ -1,4 +1,4 @@
-"""Rectified-flow conventions: noising, velocity, t sampling, shift and the Euler sampler."""
+"""Rectified-flow conventions (noising, velocity, t sampling, shift, the Euler sampler) and the lr schedule."""
 
 import pytest
 import torch
@@ -48,3 +48,33 @@ def test_sample_t_range_and_seed(mode):
     assert abs(a.mean().item() - 0.5) < 0.05
     with pytest.raises(ValueError):
         sample_t(3, mode="bogus")
+
+
+def test_cosine_lr_schedule_follows_the_formula():
+    """The DeepSpeed config's cosine schedule: linear warm-up to lr, then lr * (m + (1 - m) * (1 + cos(pi p)) / 2)
+    with p the fraction of the decay done, ending at min_lr_ratio * lr; "constant" has no scheduler."""
+    import math
+
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    from videoalign_ray.train.strategy import deepspeed_config
+
+    common = dict(micro_batch=1, grad_accum=1, zero_stage=0, lr=1e-3, weight_decay=0.0, grad_clip=1.0, bf16=False,
+                  world_size=1)
+    assert "scheduler" not in deepspeed_config(**common)
+    with pytest.raises(ValueError, match="total_steps"):
+        deepspeed_config(**common, lr_schedule="cosine")
+    cfg = deepspeed_config(**common, warmup_steps=10, lr_schedule="cosine", total_steps=110, min_lr_ratio=0.1)
+    assert cfg["scheduler"]["type"] == "WarmupCosineLR"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = WarmupCosineLR(opt, **cfg["scheduler"]["params"])
+    lrs = []
+    for _ in range(120):
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[4] == pytest.approx(1e-3 * 4 / 10)  # warm-up: step i at i / warmup of lr
+    # decay: after warm-up step k of 100, ratio = 0.1 + 0.9 * (1 + cos(pi * k / 100)) / 2
+    assert lrs[9 + 50] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5), rel=1e-6)
+    assert lrs[9 + 25] == pytest.approx(1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi * 0.25)) / 2), rel=1e-6)
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))

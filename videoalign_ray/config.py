@@ -93,7 +93,10 @@ class TrainSection(JobConfig):
     batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     lr: float | None = Field(None, gt=0, description="Learning rate; default from the preset (paper: 5e-6).")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps (0 = constant lr).")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="After warm-up: constant lr, or cosine decay to min_lr_ratio * lr at max_steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr / lr of the cosine schedule.")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 disables.")
     finetune: Literal["lora", "full"] = Field("lora", description="LoRA (reference = adapters off) or full.")

@@ -106,7 +106,9 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
         lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (5e-4 if tiny else 2e-6), grad_clip=cfg.grad_clip,
         micro_batch=micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage,
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+        warmup_steps=cfg.warmup_steps,
+        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
         seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
         fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step,
     )

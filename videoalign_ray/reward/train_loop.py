@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     model.train()
     engine = init_engine(model, deepspeed_config(
         micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
-        weight_decay=0.0, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world, warmup_steps=cfg.warmup_steps,
+        weight_decay=0.0, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world, **cfg.schedule_kwargs(),
     ))
     loss_fn = btt_loss if cfg.loss == "btt" else bt_loss
     val_rows = [r for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows()) if i % world == rank]

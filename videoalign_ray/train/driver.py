@@ -63,6 +63,13 @@ class LoopCommon:
     fault_marker: str
     fail_at_step: int | None = None
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+
+    def schedule_kwargs(self) -> dict:
+        """The learning-rate schedule arguments of :func:`~videoalign_ray.train.strategy.deepspeed_config`."""
+        return {"warmup_steps": self.warmup_steps, "lr_schedule": self.lr_schedule, "total_steps": self.max_steps,
+                "min_lr_ratio": self.min_lr_ratio}
 
     def driver_spec(self, desc: str) -> DriverSpec:
         return DriverSpec(

@@ -173,7 +173,8 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
         mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
-        fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps, rwr_tau=cfg.rwr_tau,
+        fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
+        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
         rwr_normalize=cfg.rwr_normalize,
     )
     trainer = make_trainer(

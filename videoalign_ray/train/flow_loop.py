@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine = init_engine(policy, deepspeed_config(
         micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
-        warmup_steps=cfg.warmup_steps,
+        **cfg.schedule_kwargs(),
     ))
     run_steps(
         cfg.driver_spec(cfg.objective), engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),

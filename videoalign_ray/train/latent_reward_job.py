@@ -96,7 +96,8 @@ def run_latent_reward(cfg: LatentRewardConfig) -> dict:
         model_dir=str(model_dir), num_blocks=cfg.num_blocks, loss=cfg.loss, noise=cfg.noise, lr=cfg.lr or 3e-4,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, micro_batch=micro_batch, grad_accum=cfg.grad_accum,
         zero_stage=cfg.zero_stage, bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu),
-        max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every,
+        max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every, seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
         fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step,
     )

@@ -24,9 +24,20 @@ DS_TAG = "ds"
 
 def deepspeed_config(
     *, micro_batch: int, grad_accum: int, zero_stage: int, lr: float, weight_decay: float, grad_clip: float,
-    bf16: bool, world_size: int, warmup_steps: int = 0,
+    bf16: bool, world_size: int, warmup_steps: int = 0, lr_schedule: str = "constant", total_steps: int = 0,
+    min_lr_ratio: float = 0.0,
 ) -> dict[str, Any]:
-    """The DeepSpeed JSON config for one of our jobs (AdamW; constant lr after an optional linear warm-up)."""
+    """The DeepSpeed JSON config for one of our jobs: AdamW; after an optional linear warm-up of
+    ``warmup_steps`` the lr stays constant (``lr_schedule="constant"``) or follows a cosine from ``lr`` down to
+    ``min_lr_ratio * lr`` at ``total_steps`` (``"cosine"``, DeepSpeed's ``WarmupCosineLR``).
+
+    Raises:
+        ValueError: unknown ``lr_schedule``, or ``"cosine"`` without a positive ``total_steps``.
+    """
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if lr_schedule == "cosine" and total_steps <= 0:
+        raise ValueError("lr_schedule='cosine' needs total_steps > 0")
     zero: dict[str, Any] = {"stage": zero_stage}
     if zero_stage in (1, 2):
         zero.update(overlap_comm=False, contiguous_gradients=True)
@@ -46,7 +57,11 @@ def deepspeed_config(
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
-    if warmup_steps > 0:
+    if lr_schedule == "cosine":
+        config["scheduler"] = {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": total_steps, "warmup_min_ratio": 0.0, "warmup_num_steps": max(1, warmup_steps),
+            "cos_min_ratio": min_lr_ratio, "warmup_type": "linear"}}
+    elif warmup_steps > 0:
         config["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps, "warmup_type": "linear"}}
     return config
