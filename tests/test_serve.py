@@ -109,6 +109,54 @@ def test_bad_requests_get_4xx_with_a_message(world, served):
         served.score.remote(prompt).result()
 
 
+def test_autoscaling_scales_up_under_load_and_back_down(world):
+    import ray
+    from ray import serve
+
+    from videoalign_ray.serve.app import build_app
+
+    settings = {"checkpoint": world["ckpt"], "data_roots": [world["root"]]}
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
+                   "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "metrics_interval_s": 0.5,
+                   "look_back_period_s": 2.0}
+    handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0.25, max_batch_size=1,
+                                 max_ongoing_requests=4),
+                       name="autoscale", route_prefix="/autoscale")
+
+    def running():
+        dep = serve.status().applications["autoscale"].deployments["VideoReward"]
+        return dep.replica_states.get("RUNNING", 0)
+
+    path, prompt = world["videos"][0]
+    stop = threading.Event()
+    seen = []
+
+    def client():
+        while not stop.is_set():
+            handle.score.remote(prompt, path=path).result()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    try:
+        assert running() == 1
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and running() < 2:
+            time.sleep(0.5)
+        seen.append(running())
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=30)
+    assert seen == [2], (f"did not scale up: {serve.status().applications['autoscale']}; "
+                         f"free resources {ray.available_resources()}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and running() != 1:
+        time.sleep(0.5)
+    assert running() == 1, f"did not scale down: {serve.status().applications['autoscale']}"
+    serve.delete("autoscale")
+
+
 def test_load_with_malformed_requests_and_a_killed_replica(world, served):
     """200 requests from 8 clients, 5% malformed; one replica is killed midway. Valid requests retry on
     server-side failures (5xx / connection errors) and must all succeed; malformed ones must all get a 4xx."""
@@ -163,54 +211,6 @@ def test_load_with_malformed_requests_and_a_killed_replica(world, served):
             break
         time.sleep(0.5)
     assert dep.replica_states == {"RUNNING": 2}, f"killed replica not replaced: {app}"
-
-
-def test_autoscaling_scales_up_under_load_and_back_down(world):
-    import ray
-    from ray import serve
-
-    from videoalign_ray.serve.app import build_app
-
-    settings = {"checkpoint": world["ckpt"], "data_roots": [world["root"]]}
-    autoscaling = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
-                   "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "metrics_interval_s": 0.5,
-                   "look_back_period_s": 2.0}
-    handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0.25, max_batch_size=1,
-                                 max_ongoing_requests=4),
-                       name="autoscale", route_prefix="/autoscale")
-
-    def running():
-        dep = serve.status().applications["autoscale"].deployments["VideoReward"]
-        return dep.replica_states.get("RUNNING", 0)
-
-    path, prompt = world["videos"][0]
-    stop = threading.Event()
-    seen = []
-
-    def client():
-        while not stop.is_set():
-            handle.score.remote(prompt, path=path).result()
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
-    try:
-        assert running() == 1
-        for th in threads:
-            th.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and running() < 2:
-            time.sleep(0.5)
-        seen.append(running())
-    finally:
-        stop.set()
-        for th in threads:
-            th.join(timeout=30)
-    assert seen == [2], (f"did not scale up: {serve.status().applications['autoscale']}; "
-                         f"free resources {ray.available_resources()}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and running() != 1:
-        time.sleep(0.5)
-    assert running() == 1, f"did not scale down: {serve.status().applications['autoscale']}"
-    serve.delete("autoscale")
 
 
 def test_remote_guide_equals_local_guide(world, tiny_model_dir, tmp_path):

@@ -37,6 +37,9 @@ class TrainRewardConfig(RuntimeSection, DataSection, TrainSection):
     val_pairs: int = Field(128, ge=2, description="Synthetic held-out pairs for the default validation data.")
     max_steps: int = 1500
     batch_size: int = 8
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="After warm-up: constant lr, or cosine decay to min_lr_ratio * lr at max_steps.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -104,7 +107,8 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
         tokenizer_dir=str(tok_dir), model_path=cfg.model_path, output_dim=cfg.output_dim,
         reward_token=cfg.reward_token, loss=cfg.loss, lm_training=lm_training, lora_rank=lora_rank,
         lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (5e-4 if tiny else 2e-6), grad_clip=cfg.grad_clip,
-        micro_batch=micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage,
+        weight_decay=cfg.weight_decay, micro_batch=micro_batch, grad_accum=cfg.grad_accum,
+        zero_stage=cfg.zero_stage,
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,

@@ -17,9 +17,10 @@ from torch import nn
 from videoalign_ray.reward.processor import REWARD_TOKENS
 
 
-def tiny_qwen2vl_config(tokenizer, hidden: int = 128, layers: int = 2, vision_dim: int = 64,
+def tiny_qwen2vl_config(tokenizer, hidden: int = 128, layers: int = 4, vision_dim: int = 64,
                         vision_depth: int = 2) -> object:
-    """A random-init Qwen2-VL config small enough for CPU (defaults: ~0.65 M parameters)."""
+    """A random-init Qwen2-VL config small enough for CPU (defaults: ~0.97 M parameters; 4 LM layers rather
+    than 2 raised held-out TA accuracy from 0.885 to 0.920 in the default reward run, see the README)."""
     from transformers import Qwen2VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>",

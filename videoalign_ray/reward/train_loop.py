@@ -28,6 +28,7 @@ class RewardLoopConfig(LoopCommon):
     lm_training: str  # "full" | "lora"
     lora_rank: int
     lora_alpha: float
+    weight_decay: float = 0.0
 
 
 def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: int, reward_token: str, seed: int,
@@ -141,7 +142,8 @@ def train_loop_per_worker(config: dict) -> None:
     model.train()
     engine = init_engine(model, deepspeed_config(
         micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
-        weight_decay=0.0, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world, **cfg.schedule_kwargs(),
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
+        **cfg.schedule_kwargs(),
     ))
     loss_fn = btt_loss if cfg.loss == "btt" else bt_loss
     val_rows = [r for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows()) if i % world == rank]
