@@ -28,7 +28,6 @@ class RewardLoopConfig(LoopCommon):
     lm_training: str  # "full" | "lora"
     lora_rank: int
     lora_alpha: float
-    weight_decay: float = 0.0
 
 
 def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: int, reward_token: str, seed: int,
@@ -131,7 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from videoalign_ray.train.driver import run_steps
-    from videoalign_ray.train.strategy import deepspeed_config, init_engine
+    from videoalign_ray.train.strategy import init_engine
 
     cfg = RewardLoopConfig(**config)
     ctx = ray.train.get_context()
@@ -140,11 +139,7 @@ def train_loop_per_worker(config: dict) -> None:
     model, proc = build_reward_model(cfg.tokenizer_dir, cfg.model_path, cfg.output_dim, cfg.reward_token, cfg.seed,
                                      cfg.lm_training, cfg.lora_rank, cfg.lora_alpha)
     model.train()
-    engine = init_engine(model, deepspeed_config(
-        micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
-        **cfg.schedule_kwargs(),
-    ))
+    engine = init_engine(model, cfg.deepspeed_config(world))
     loss_fn = btt_loss if cfg.loss == "btt" else bt_loss
     val_rows = [r for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows()) if i % world == rank]
 

@@ -62,14 +62,22 @@ class LoopCommon:
     mlflow_run_id: str
     fault_marker: str
     fail_at_step: int | None = None
+    weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.0
 
-    def schedule_kwargs(self) -> dict:
-        """The learning-rate schedule arguments of :func:`~videoalign_ray.train.strategy.deepspeed_config`."""
-        return {"warmup_steps": self.warmup_steps, "lr_schedule": self.lr_schedule, "total_steps": self.max_steps,
-                "min_lr_ratio": self.min_lr_ratio}
+    def deepspeed_config(self, world_size: int) -> dict:
+        """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.train.strategy.deepspeed_config`;
+        the lr schedule spans ``max_steps``)."""
+        from videoalign_ray.train.strategy import deepspeed_config
+
+        return deepspeed_config(
+            micro_batch=self.micro_batch, grad_accum=self.grad_accum, zero_stage=self.zero_stage, lr=self.lr,
+            weight_decay=self.weight_decay, grad_clip=self.grad_clip, bf16=self.bf16, world_size=world_size,
+            warmup_steps=self.warmup_steps, lr_schedule=self.lr_schedule, total_steps=self.max_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
     def driver_spec(self, desc: str) -> DriverSpec:
         return DriverSpec(

@@ -34,7 +34,6 @@ class LoopConfig(LoopCommon):
     finetune: str  # "lora" | "full"
     lora_rank: int
     lora_alpha: float
-    weight_decay: float
     beta: float
     beta_schedule: str
     t_sampling: str
@@ -123,7 +122,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from videoalign_ray.train.driver import run_steps
-    from videoalign_ray.train.strategy import deepspeed_config, init_engine
+    from videoalign_ray.train.strategy import init_engine
 
     cfg = LoopConfig(**config)
     world = ray.train.get_context().get_world_size()
@@ -132,11 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
     policy, reference = _build_model(cfg)
     if reference is not None:
         reference.to(device=device, dtype=dtype)
-    engine = init_engine(policy, deepspeed_config(
-        micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
-        **cfg.schedule_kwargs(),
-    ))
+    engine = init_engine(policy, cfg.deepspeed_config(world))
     run_steps(
         cfg.driver_spec(cfg.objective), engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),
         METRIC_KEYS[cfg.objective], lora=cfg.finetune == "lora",

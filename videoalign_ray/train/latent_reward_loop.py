@@ -27,7 +27,6 @@ class LatentRewardLoopConfig(LoopCommon):
     num_blocks: int
     loss: str  # "btt" | "bt"
     noise: str  # "noisy" | "clean"
-    weight_decay: float = 0.0
 
 
 def pair_rewards(model, batch: dict, cfg: LatentRewardLoopConfig, gen: torch.Generator, device):
@@ -69,18 +68,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     from videoalign_ray.reward.latent import from_generator
     from videoalign_ray.train.driver import run_steps
-    from videoalign_ray.train.strategy import deepspeed_config, init_engine
+    from videoalign_ray.train.strategy import init_engine
 
     cfg = LatentRewardLoopConfig(**config)
     world = ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     model = from_generator(cfg.model_dir, cfg.num_blocks).train()
-    engine = init_engine(model, deepspeed_config(
-        micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.bf16, world_size=world,
-        **cfg.schedule_kwargs(),
-    ))
+    engine = init_engine(model, cfg.deepspeed_config(world))
     run_steps(cfg.driver_spec("latent-reward"), engine, lambda batch, gen: compute_loss(engine, batch, cfg, gen, device),
               METRIC_KEYS, lora=False, adapter_config={"num_blocks": cfg.num_blocks, "base_model": cfg.model_dir})
 
