@@ -24,10 +24,10 @@ def main() -> None:
 
     import torch
 
-    from videoalign_ray.data.synthetic import all_scenes
     from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, TextEncoder, load_transformer, load_vae
     from videoalign_ray.flow.sampling import latent_shape, sample_latents
     from videoalign_ray.reward.latent import LatentRewardGuide, from_generator, load_latent_reward
+    from videoalign_ray.synthetic.world import all_scenes
 
     preset = PRESETS["tiny-world"]
     transformer = load_transformer(TINY_WORLD_ASSET).eval()

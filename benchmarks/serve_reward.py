@@ -59,10 +59,10 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from videoalign_ray.data.synthetic import make_preference_dataset
     from videoalign_ray.serve.app import build_app
     from videoalign_ray.serve.client import post_video
     from videoalign_ray.serve.scorer import RewardScorer, make_untrained_checkpoint
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     work = Path(tempfile.mkdtemp(prefix="va-bench-serve-"))
     ckpt = args.checkpoint or str(make_untrained_checkpoint(work / "ckpt", pixels=args.pixels, hidden=args.hidden,

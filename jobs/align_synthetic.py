@@ -8,7 +8,7 @@ base, judged by ground-truth scorers on held-out prompts (the README's table).
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.align_proof import AlignProofConfig, run_align_proof
+from videoalign_ray.experiments.align_proof import AlignProofConfig, run_align_proof
 
 if __name__ == "__main__":
     sys.exit(main_for(AlignProofConfig, run_align_proof, __doc__))

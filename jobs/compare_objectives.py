@@ -9,7 +9,7 @@ the base on held-out prompts (paper Table 3 in miniature).
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.objective_comparison import CompareObjectivesConfig, run_compare_objectives
+from videoalign_ray.experiments.compare_objectives import CompareObjectivesConfig, run_compare_objectives
 
 if __name__ == "__main__":
     sys.exit(main_for(CompareObjectivesConfig, run_compare_objectives, __doc__))

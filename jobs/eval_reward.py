@@ -8,7 +8,7 @@
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.reward.eval_job import EvalRewardConfig, run_eval_reward
+from videoalign_ray.pipelines.eval_reward import EvalRewardConfig, run_eval_reward
 
 if __name__ == "__main__":
     sys.exit(main_for(EvalRewardConfig, run_eval_reward, __doc__))

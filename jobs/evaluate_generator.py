@@ -8,7 +8,7 @@
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.evaluate_job import EvaluateConfig, run_evaluate
+from videoalign_ray.experiments.evaluate_generator import EvaluateConfig, run_evaluate
 
 if __name__ == "__main__":
     sys.exit(main_for(EvaluateConfig, run_evaluate, __doc__))

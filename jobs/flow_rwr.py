@@ -11,7 +11,7 @@ Every flag is also a YAML key (``--config run.yaml``); ``--help`` lists them.
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.flow_job import FlowRWRConfig, run_flow_job
+from videoalign_ray.pipelines.flow_dpo import FlowRWRConfig, run_flow_job
 
 if __name__ == "__main__":
     sys.exit(main_for(FlowRWRConfig, run_flow_job, __doc__))

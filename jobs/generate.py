@@ -11,7 +11,7 @@ Every flag is also a YAML key (``--config run.yaml``); ``--help`` lists them.
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.flow.generate import GenerateConfig, run_generate
+from videoalign_ray.pipelines.generate import GenerateConfig, run_generate
 
 if __name__ == "__main__":
     sys.exit(main_for(GenerateConfig, run_generate, __doc__))

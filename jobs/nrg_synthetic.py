@@ -8,7 +8,7 @@
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.nrg_proof import NRGProofConfig, run_nrg_proof
+from videoalign_ray.experiments.nrg_proof import NRGProofConfig, run_nrg_proof
 
 if __name__ == "__main__":
     sys.exit(main_for(NRGProofConfig, run_nrg_proof, __doc__))

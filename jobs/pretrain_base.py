@@ -9,7 +9,7 @@ then export it as a diffusers-format folder: the ``tiny-world`` preset.
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.pretrain import PretrainConfig, run_pretrain
+from videoalign_ray.experiments.pretrain_base import PretrainConfig, run_pretrain
 
 if __name__ == "__main__":
     sys.exit(main_for(PretrainConfig, run_pretrain, __doc__))

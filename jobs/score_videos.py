@@ -7,7 +7,7 @@
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.reward.score_job import ScoreVideosConfig, run_score_videos
+from videoalign_ray.pipelines.score_videos import ScoreVideosConfig, run_score_videos
 
 if __name__ == "__main__":
     sys.exit(main_for(ScoreVideosConfig, run_score_videos, __doc__))

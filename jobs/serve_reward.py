@@ -11,7 +11,7 @@ Every flag is also a YAML key (``--config run.yaml``); ``--help`` lists them.
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.serve.job import ServeRewardConfig, run_serve_reward
+from videoalign_ray.pipelines.serve_reward import ServeRewardConfig, run_serve_reward
 
 if __name__ == "__main__":
     sys.exit(main_for(ServeRewardConfig, run_serve_reward, __doc__))

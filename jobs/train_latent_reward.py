@@ -11,7 +11,7 @@ Every flag is also a YAML key (``--config run.yaml``); ``--help`` lists them.
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.train.latent_reward_job import LatentRewardConfig, run_latent_reward
+from videoalign_ray.pipelines.train_latent_reward import LatentRewardConfig, run_latent_reward
 
 if __name__ == "__main__":
     sys.exit(main_for(LatentRewardConfig, run_latent_reward, __doc__))

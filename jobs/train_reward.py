@@ -8,7 +8,7 @@
 import sys
 
 from videoalign_ray.cli import main_for
-from videoalign_ray.reward.job import TrainRewardConfig, run_train_reward
+from videoalign_ray.pipelines.train_reward import TrainRewardConfig, run_train_reward
 
 if __name__ == "__main__":
     sys.exit(main_for(TrainRewardConfig, run_train_reward, __doc__))

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 def test_flow_dpo_aligns_text_alignment(tmp_path):
     if not (TINY_WORLD_ASSET / "transformer").is_dir():
         pytest.skip("tiny-world asset not built")
-    from videoalign_ray.train.align_proof import AlignProofConfig, run_align_proof
+    from videoalign_ray.experiments.align_proof import AlignProofConfig, run_align_proof
 
     s = run_align_proof(validate_config(AlignProofConfig, dict(
         output_dir=str(tmp_path / "proof"), dimensions="TA", train_pairs=192, heldout_pairs=32, max_steps=100,
@@ -32,7 +32,7 @@ def test_evaluate_job_base_against_itself_is_a_tie(tmp_path):
         pytest.skip("tiny-world asset not built")
     from mlflow.tracking import MlflowClient
 
-    from videoalign_ray.train.evaluate_job import EvaluateConfig, run_evaluate
+    from videoalign_ray.experiments.evaluate_generator import EvaluateConfig, run_evaluate
 
     s = run_evaluate(validate_config(EvaluateConfig, dict(
         output_dir=str(tmp_path / "ev"), samples_per_prompt=1, sample_steps=3)))

@@ -3,7 +3,7 @@
 import pytest
 
 from videoalign_ray.config import ConfigError, resolve_config
-from videoalign_ray.train.flow_job import FlowDPOConfig
+from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig
 
 
 def test_defaults_yaml_and_flag_precedence(tmp_path):

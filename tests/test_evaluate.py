@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from videoalign_ray.flow.evaluate import frame_grid, win_rate
+from videoalign_ray.synthetic.evaluate import frame_grid, win_rate
 
 
 def test_win_rate_counts_ties_as_half():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from videoalign_ray.flow.model import add_lora, load_transformer
-from videoalign_ray.train.flow_loop import LoopConfig, compute_loss
+from videoalign_ray.flow.train_loop import LoopConfig, compute_loss
 
 
 def _cfg(**kw):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from videoalign_ray.config import validate_config
-from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
+from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
@@ -76,7 +76,7 @@ def test_killed_worker_resumes_to_same_result(tmp_path):
 
 
 def test_bad_videos_are_rejected_and_training_continues(tmp_path):
-    from videoalign_ray.data.synthetic import make_preference_dataset
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     csv_path = make_preference_dataset(tmp_path / "data", num_pairs=12, seed=1)
     (tmp_path / "data" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")

@@ -14,9 +14,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 def test_rwr_job_with_rewards_from_a_videoreward_checkpoint(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from videoalign_ray.data.synthetic import make_preference_dataset
+    from videoalign_ray.pipelines.flow_dpo import FlowRWRConfig, run_flow_job
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
-    from videoalign_ray.train.flow_job import FlowRWRConfig, run_flow_job
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     csv = make_preference_dataset(tmp_path / "data", num_pairs=6, seed=2)
     ckpt = make_untrained_checkpoint(tmp_path / "reward", seed=1)
@@ -33,8 +33,8 @@ def test_rwr_job_with_rewards_from_a_videoreward_checkpoint(tmp_path):
 
 def test_rwr_without_rewards_is_a_clear_error(tmp_path):
     from videoalign_ray.data.io import DataError
-    from videoalign_ray.data.synthetic import make_preference_dataset
-    from videoalign_ray.train.flow_job import FlowRWRConfig, run_flow_job
+    from videoalign_ray.pipelines.flow_dpo import FlowRWRConfig, run_flow_job
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     csv = make_preference_dataset(tmp_path / "data", num_pairs=2, seed=2)
     df = pd.read_csv(csv)
@@ -46,8 +46,8 @@ def test_rwr_without_rewards_is_a_clear_error(tmp_path):
 
 
 def test_latent_reward_job_then_guided_generation(tmp_path):
-    from videoalign_ray.flow.generate import GenerateConfig, run_generate
-    from videoalign_ray.train.latent_reward_job import LatentRewardConfig, run_latent_reward
+    from videoalign_ray.pipelines.generate import GenerateConfig, run_generate
+    from videoalign_ray.pipelines.train_latent_reward import LatentRewardConfig, run_latent_reward
 
     s = run_latent_reward(validate_config(LatentRewardConfig, dict(
         output_dir=str(tmp_path / "lr"), train_pairs=12, val_pairs=6, max_steps=3, checkpoint_every=3,
@@ -74,9 +74,9 @@ def test_training_rows_follow_the_table_order(tmp_path):
     """encode_pairs keeps the table's row order (pair ids hash absolute paths; ordering by them made two copies
     of one dataset in different folders train on different batches)."""
     from videoalign_ray.data.io import load_pairs
-    from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
-    from videoalign_ray.data.synthetic import make_preference_dataset
     from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, component_id
+    from videoalign_ray.flow.pipeline import EncodeSpec, encode_pairs
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     preset = PRESETS["tiny-world"]
     pairs = load_pairs(make_preference_dataset(tmp_path / "d", num_pairs=10, seed=4), keep_ties=True).pairs

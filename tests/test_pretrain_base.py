@@ -15,8 +15,8 @@ def test_shortened_pretraining_exports_a_base(tmp_path):
     import ray
 
     from videoalign_ray.config import validate_config
+    from videoalign_ray.experiments.pretrain_base import PretrainConfig, run_pretrain
     from videoalign_ray.flow.render import load_policy
-    from videoalign_ray.train.pretrain import PretrainConfig, run_pretrain
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

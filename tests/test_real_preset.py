@@ -50,7 +50,7 @@ def test_resolve_and_text_encoder(wan_like_dir, tmp_path):
 def test_flow_dpo_job_on_wan_layout(wan_like_dir, tmp_path):
     import ray
 
-    from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
+    from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

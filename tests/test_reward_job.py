@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
 def _train(out: Path, **kw):
-    from videoalign_ray.reward.job import TrainRewardConfig, run_train_reward
+    from videoalign_ray.pipelines.train_reward import TrainRewardConfig, run_train_reward
 
     values = dict(output_dir=str(out), max_steps=6, checkpoint_every=3, train_pairs=24, val_pairs=12, batch_size=4,
                   log_every=1, seed=1, warmup_steps=2)  # the cosine schedule moves the lr at every one of the steps
@@ -50,8 +50,8 @@ def test_killed_worker_resumes_to_same_result(tmp_path):
 
 
 def test_eval_and_score_jobs(tmp_path, shared_data):
-    from videoalign_ray.reward.eval_job import EvalRewardConfig, run_eval_reward
-    from videoalign_ray.reward.score_job import ScoreVideosConfig, run_score_videos
+    from videoalign_ray.pipelines.eval_reward import EvalRewardConfig, run_eval_reward
+    from videoalign_ray.pipelines.score_videos import ScoreVideosConfig, run_score_videos
 
     trained = _train(tmp_path / "rm", max_steps=2, checkpoint_every=2)
     s = run_eval_reward(validate_config(EvalRewardConfig, dict(

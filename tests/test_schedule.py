@@ -57,7 +57,7 @@ def test_cosine_lr_schedule_follows_the_formula():
 
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
 
-    from videoalign_ray.train.strategy import deepspeed_config
+    from videoalign_ray.runtime.strategy import deepspeed_config
 
     common = dict(micro_batch=1, grad_accum=1, zero_stage=0, lr=1e-3, weight_decay=0.0, grad_clip=1.0, bf16=False,
                   world_size=1)

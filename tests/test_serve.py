@@ -25,8 +25,8 @@ def world(tmp_path_factory):
     """An untrained tiny reward checkpoint and a few synthetic-world videos (inside the data root)."""
     import pandas as pd
 
-    from videoalign_ray.data.synthetic import make_preference_dataset
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     root = tmp_path_factory.mktemp("serve")
     csv = make_preference_dataset(root / "data", num_pairs=3, seed=5)
@@ -243,15 +243,20 @@ def test_remote_guide_equals_local_guide(world, tiny_model_dir, tmp_path):
 
 
 def test_serve_reward_job_deploys_and_reports(tmp_path, world):
-    """jobs/serve_reward.py's function: deploys (untrained default checkpoint), stays up, answers on 127.0.0.1."""
+    """jobs/serve_reward.py's function: refuses to serve without a checkpoint; with --allow-untrained deploys
+    the untrained tiny model, stays up, answers on 127.0.0.1."""
     from ray import serve
 
     from videoalign_ray.config import validate_config
-    from videoalign_ray.serve.job import ServeRewardConfig, run_serve_reward
+    from videoalign_ray.errors import ConfigError
+    from videoalign_ray.pipelines.serve_reward import ServeRewardConfig, run_serve_reward
 
-    cfg = validate_config(ServeRewardConfig, dict(output_dir=str(tmp_path / "job"), port=PORT, app_name="jobapp",
-                                                  route_prefix="/jobapp", run_seconds=1, num_cpus=0.5,
-                                                  data_roots=world["root"]))
+    base = dict(output_dir=str(tmp_path / "job"), port=PORT, app_name="jobapp", route_prefix="/jobapp",
+                run_seconds=1, num_cpus=0.5, data_roots=world["root"])
+    with pytest.raises(ConfigError, match="--allow-untrained"):
+        run_serve_reward(validate_config(ServeRewardConfig, base))
+    assert not (tmp_path / "job" / "untrained").exists()
+    cfg = validate_config(ServeRewardConfig, {**base, "allow_untrained": True})
     summary = run_serve_reward(cfg)
     assert summary["url"] == f"{URL}/jobapp" and summary["status"].endswith("RUNNING")
     assert (tmp_path / "job" / "untrained" / "reward_config.json").is_file()

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from videoalign_ray.data.io import load_pairs
-from videoalign_ray.data.synthetic import Scene, all_scenes, make_preference_dataset, render, split_scenes
 from videoalign_ray.data.video import load_video
-from videoalign_ray.data.world_scores import score_video
+from videoalign_ray.synthetic.scorers import score_video
+from videoalign_ray.synthetic.world import Scene, all_scenes, make_preference_dataset, render, split_scenes
 
 
 def test_render_is_deterministic_and_shaped():
@@ -60,7 +60,7 @@ def test_dataset_labels_and_splits(tmp_path):
 
 def test_mq_does_not_reward_standing_still():
     """A shape that never moves is perfectly 'smooth' but is not what the prompt asked for."""
-    from videoalign_ray.data.world_scores import score_mq
+    from videoalign_ray.synthetic.scorers import score_mq
 
     sc = Scene("red", "circle", "left to right")
     moving = render(sc, num_frames=8, size=32)
@@ -81,7 +81,7 @@ def test_dataset_files_are_identical_across_processes(tmp_path):
     import subprocess
     import sys
 
-    script = ("import ray, sys\nfrom videoalign_ray.data.synthetic import make_preference_dataset\n"
+    script = ("import ray, sys\nfrom videoalign_ray.synthetic.world import make_preference_dataset\n"
               "make_preference_dataset(sys.argv[1], num_pairs=4, seed=3)\n")
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, timeout=300)

@@ -12,22 +12,43 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from videoalign_ray.errors import ConfigError
 
 C = TypeVar("C", bound="JobConfig")
 
 
-class ConfigError(ValueError):
-    """A config key is unknown or its value is invalid; the message names the key."""
-
-
 class JobConfig(BaseModel):
-    """Base of every job config: frozen, unknown keys rejected."""
+    """Base of every job config: frozen, unknown keys rejected.
+
+    A job config that re-declares a shared field only to change its default (``max_steps: int = 1500``)
+    keeps the constraints and description of the section that declared it (pydantic alone would drop
+    them, and ``--max-steps -3`` would pass): see :meth:`__pydantic_init_subclass__`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        changed = False
+        for name, field in cls.model_fields.items():
+            for base in cls.__mro__[1:]:
+                parent = base.__dict__.get("__pydantic_fields__", {}).get(name)
+                if parent is None:
+                    continue
+                if parent.annotation == field.annotation:
+                    if parent.metadata and not field.metadata:
+                        field.metadata, changed = list(parent.metadata), True
+                    if parent.description and not field.description:
+                        field.description, changed = parent.description, True
+                break
+        if changed:
+            cls.model_rebuild(force=True)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """The resolved config as JSON-compatible values (for MLflow params and config.yaml)."""
@@ -44,6 +65,35 @@ class RuntimeSection(JobConfig):
         None, description="MLflow store; default sqlite:///<output_dir>/mlflow.db (MLFLOW_TRACKING_URI overrides)."
     )
     mlflow_experiment: str = Field("videoalign-ray", description="MLflow experiment name.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of videoalign_ray's loggers (stderr; other libraries log WARNING and up).")
+
+
+def parse_weights(text: str) -> tuple[float, float, float]:
+    """``"1,1,1"`` -> ``(1.0, 1.0, 1.0)``: per-dimension weights (VQ, MQ, TA), non-negative, positive sum.
+
+    Raises:
+        ConfigError: not three such numbers (the message quotes the value).
+    """
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"weights must be three comma-separated numbers (VQ,MQ,TA), got {text!r}") from None
+    if len(values) != 3 or any(not (v >= 0) for v in values) or sum(values) <= 0 or sum(values) == float("inf"):
+        raise ConfigError(f"weights must be three non-negative numbers with a positive sum, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _check_weights(text: str) -> str:
+    try:
+        parse_weights(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+Weights = Annotated[str, AfterValidator(_check_weights)]
+"""A config field holding ``"VQ,MQ,TA"`` weights, validated when the config is (see :func:`parse_weights`)."""
 
 
 class DataSection(JobConfig):

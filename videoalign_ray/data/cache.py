@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from videoalign_ray.fileio import atomic_path
+from videoalign_ray.runtime.fileio import atomic_path
 
 
 def video_key(path: str, num_frames: int, height: int, width: int, vae_id: str) -> str:

@@ -22,11 +22,8 @@ from videoalign_ray.data.schema import (
     overall_label,
     parse_label,
 )
-from videoalign_ray.fileio import atomic_path
-
-
-class DataError(ValueError):
-    """The table as a whole cannot be used (unreadable, wrong columns, no good row, too many rejects)."""
+from videoalign_ray.errors import DataError
+from videoalign_ray.runtime.fileio import atomic_path
 
 
 @dataclass
@@ -133,14 +130,21 @@ def _check_common(row_no: int, rec: dict, base: Path, path_cols: tuple[str, str]
 def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bool = False) -> LoadResult:
     base = path.parent
     res = LoadResult(source=str(path), total_rows=len(df))
+    overall_col = next((c for c in df.columns if str(c).lower() == "overall"), None)
     for i, rec in enumerate(df.to_dict("records"), start=1):
         prompt, (pa, pb), rejects = _check_common(i, rec, base, ("path_A", "path_B"))
         labels: dict[str, int | None] = {}
-        for d in DIMENSIONS:
+        overall = None
+        for d in (*DIMENSIONS, overall_col) if overall_col else DIMENSIONS:
             try:
-                labels[d] = parse_label(rec.get(d))
+                value = parse_label(rec.get(d))
             except LabelError as exc:
                 rejects.append(Reject(i, d, str(rec.get(d)), str(exc)))
+                continue
+            if d == overall_col:
+                overall = value
+            else:
+                labels[d] = value
         if rejects:
             res.rejects.extend(rejects)
             continue
@@ -163,7 +167,8 @@ def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bo
                 if v is not None and pd.notna(v):
                     mos[f"{side}_{d}"] = float(v)
         res.pairs.append(
-            PreferencePair(_pair_id(prompt, a, b), i, prompt, chosen, rejected, labels=labels, mos=mos)
+            PreferencePair(_pair_id(prompt, a, b), i, prompt, chosen, rejected, labels=labels, mos=mos,
+                           overall=overall)
         )
     return res
 

@@ -77,3 +77,5 @@ class PreferencePair:
     rejected: str
     labels: dict[str, int | None] = field(default_factory=dict)
     mos: dict[str, float] = field(default_factory=dict)
+    overall: int | None = None
+    """The table's own Overall label (A's point of view) when it has an ``Overall`` column, else None."""

@@ -319,7 +319,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int =
     Raises:
         ValueError: wrong dtype / shape or odd frame size.
     """
-    from videoalign_ray.fileio import atomic_path
+    from videoalign_ray.runtime.fileio import atomic_path
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videoalign_ray.errors import ModelPathError
+
 # Tiny preset: works on 32x32-pixel videos directly (pixel-space latents, see pixel_vae.py),
 # patch 1x4x4 -> 64 tokens per frame; ~1.0 M parameters.
 TINY_TRANSFORMER = dict(
@@ -104,13 +106,13 @@ def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Pat
     if preset == "tiny-world":
         path = Path(model_path) if model_path else TINY_WORLD_ASSET
         if not (path / "transformer").is_dir():
-            raise FileNotFoundError(f"{path}: no pre-trained tiny-world base; create it with jobs/pretrain_base.py")
+            raise ModelPathError(f"{path}: no pre-trained tiny-world base; create it with jobs/pretrain_base.py")
         return path
     if not model_path:
-        raise FileNotFoundError(f"preset {preset!r} needs --model-path to a local diffusers-format folder")
+        raise ModelPathError(f"preset {preset!r} needs --model-path to a local diffusers-format folder")
     path = Path(model_path)
     if not (path / "transformer").is_dir():
-        raise FileNotFoundError(f"{path}: no transformer/ subfolder (expected a diffusers-format Wan folder)")
+        raise ModelPathError(f"{path}: no transformer/ subfolder (expected a diffusers-format Wan folder)")
     return path
 
 
@@ -221,14 +223,17 @@ def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
 
 
+def lora_config(rank: int, alpha: float):
+    """The peft ``LoraConfig`` of every generator adapter here: q/k/v/o (paper), dropout 0."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, init_lora_weights=True)
+
+
 def add_lora(transformer, rank: int, alpha: float, seed: int) -> None:
     """Attach a peft LoRA adapter (q/k/v/o, dropout 0) and freeze everything else. B starts at 0, so the
     policy equals the reference at step 0; A is drawn with ``seed`` so every rank builds the same adapter."""
-    from peft import LoraConfig
-
     transformer.requires_grad_(False)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        transformer.add_adapter(
-            LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, init_lora_weights=True)
-        )
+        transformer.add_adapter(lora_config(rank, alpha))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from videoalign_ray.errors import ModelPathError
 from videoalign_ray.flow.model import TextEncoder, add_lora, decode_latents, load_transformer, load_vae
 from videoalign_ray.flow.sampling import latent_shape, sample_latents
 
@@ -19,18 +19,20 @@ def load_policy(model_dir: str | Path, weights_dir: str | Path):
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from videoalign_ray.flow.lora_export import read_adapter_state
+
     weights_dir = Path(weights_dir)
     transformer = load_transformer(model_dir)
     if (weights_dir / "adapter").is_dir():
-        conf = json.loads((weights_dir / "adapter" / "adapter_config.json").read_text())
-        add_lora(transformer, int(conf["r"]), float(conf["lora_alpha"]), seed=0)
-        result = set_peft_model_state_dict(transformer, load_file(weights_dir / "adapter" / "adapter_model.safetensors"))
+        state, rank, alpha = read_adapter_state(weights_dir / "adapter")
+        add_lora(transformer, rank, alpha, seed=0)
+        result = set_peft_model_state_dict(transformer, state)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"adapter has keys the model lacks: {result.unexpected_keys[:5]}")
     elif (weights_dir / "model").is_dir():
         transformer.load_state_dict(load_file(weights_dir / "model" / "model.safetensors"))
     else:
-        raise FileNotFoundError(f"{weights_dir}: neither adapter/ nor model/")
+        raise ModelPathError(f"{weights_dir}: neither adapter/ nor model/")
     return transformer.eval()
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from videoalign_ray.fileio import atomic_dir
+from videoalign_ray.errors import ModelPathError
 from videoalign_ray.reward.model import VideoRewardModel
+from videoalign_ray.runtime.fileio import atomic_dir
 
 DIMS = ("VQ", "MQ", "TA")
 
@@ -43,10 +44,10 @@ def map_official_key(key: str) -> str:
 def _latest_step(folder: Path, step: int) -> Path:
     steps = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
     if not steps:
-        raise FileNotFoundError(f"{folder}: no checkpoint-N folder")
+        raise ModelPathError(f"{folder}: no checkpoint-N folder")
     chosen = steps[-1] if step < 0 else step
     if chosen not in steps:
-        raise FileNotFoundError(f"{folder}: no checkpoint-{chosen} (have {steps})")
+        raise ModelPathError(f"{folder}: no checkpoint-{chosen} (have {steps})")
     return folder / f"checkpoint-{chosen}"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from videoalign_ray.errors import ModelPathError
 from videoalign_ray.flow.schedule import to_model_timestep
 
 WEIGHTS = "latent_reward.safetensors"
@@ -75,7 +76,7 @@ def save_latent_reward(model: LatentRewardModel, out_dir: str | Path, source: st
     """Write the checkpoint folder atomically (safetensors + JSON config)."""
     from safetensors.torch import save_file
 
-    from videoalign_ray.fileio import atomic_dir
+    from videoalign_ray.runtime.fileio import atomic_dir
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -95,7 +96,7 @@ def load_latent_reward(path: str | Path) -> LatentRewardModel:
 
     path = Path(path)
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
-        raise FileNotFoundError(f"{path}: not a latent reward checkpoint (needs {WEIGHTS} and {CONFIG})")
+        raise ModelPathError(f"{path}: not a latent reward checkpoint (needs {WEIGHTS} and {CONFIG})")
     conf = json.loads((path / CONFIG).read_text())
     gen = dict(conf["generator_config"], num_layers=conf["num_blocks"])
     model = LatentRewardModel(WanTransformer3DModel(**gen), conf["num_blocks"])

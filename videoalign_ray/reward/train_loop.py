@@ -10,7 +10,7 @@ import torch
 
 from videoalign_ray.reward.losses import bt_loss, btt_loss
 from videoalign_ray.reward.metrics import accuracy_without_ties, tie_aware_accuracy
-from videoalign_ray.train.driver import LoopCommon
+from videoalign_ray.runtime.driver import LoopCommon
 
 DIMS = ("VQ", "MQ", "TA")
 METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
@@ -101,9 +101,14 @@ def score_margins(model, proc, rows: list[dict], device, batch: int = 8) -> tupl
     return np.concatenate(ra), np.concatenate(rb)
 
 
-def accuracy_table(ra: np.ndarray, rb: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy with/without ties per dimension and Overall (sum over dimensions of rewards normalised by
-    the mean/std of these rewards; the Overall label is the majority of the valid labels)."""
+def accuracy_table(ra: np.ndarray, rb: np.ndarray, labels: np.ndarray,
+                   overall_labels: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy with/without ties per dimension and Overall (ALGORITHMS.md section 4, Metrics).
+
+    ``ra``, ``rb``: raw rewards ``(N, 3)`` of videos A and B; ``labels``: ``(N, 3)`` int in {+1, -1, 0},
+    -100 = missing. The Overall score is the sum over dimensions of rewards normalised by the mean/std of
+    these rewards; the Overall label is ``overall_labels`` ``(N,)`` when given (a benchmark's own column,
+    -100 = missing), else the majority of the valid per-dimension labels."""
     out = {}
     allr = np.concatenate([ra, rb])
     mean, std = allr.mean(0), allr.std(0) + 1e-8
@@ -114,9 +119,10 @@ def accuracy_table(ra: np.ndarray, rb: np.ndarray, labels: np.ndarray) -> dict[s
             m, h = (ra - rb)[ok, d], labels[ok, d]
             out[f"acc_{name}"] = accuracy_without_ties(m, h)
             out[f"acc_ties_{name}"] = tie_aware_accuracy(m, h)[0]
-    valid = np.where(labels == -100, 0, labels)
-    overall_h = np.sign(valid.sum(1))
-    has = (labels != -100).any(1)
+    if overall_labels is not None:
+        overall_h, has = overall_labels, overall_labels != -100
+    else:
+        overall_h, has = np.sign(np.where(labels == -100, 0, labels).sum(1)), (labels != -100).any(1)
     if has.any():
         m = (na.sum(1) - nb.sum(1))[has]
         out["acc_Overall"] = accuracy_without_ties(m, overall_h[has])
@@ -129,8 +135,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from videoalign_ray.train.driver import run_steps
-    from videoalign_ray.train.strategy import init_engine
+    from videoalign_ray.runtime.driver import run_steps
+    from videoalign_ray.runtime.strategy import init_engine
 
     cfg = RewardLoopConfig(**config)
     ctx = ray.train.get_context()

@@ -206,11 +206,18 @@ def build_app(settings: dict, *, max_batch_size: int = 8, batch_wait_timeout_s: 
 def app_builder(args: dict):
     """Entry for ``serve run`` / ``serve deploy`` config files (``import_path: videoalign_ray.serve.app:app_builder``).
 
-    ``args``: ``checkpoint`` (default: an untrained tiny checkpoint under ``outputs/serve_reward``),
-    ``latent_reward``, ``data_roots`` (default: the current folder), ``max_upload_mb``.
+    ``args``: ``checkpoint`` (required unless ``allow_untrained: true``, which serves an untrained tiny
+    checkpoint under ``outputs/serve_reward`` for smoke tests), ``latent_reward``, ``data_roots`` (default:
+    the current folder), ``max_upload_mb``.
+
+    Raises:
+        ValueError: no checkpoint and ``allow_untrained`` not set.
     """
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
 
+    if not args.get("checkpoint") and not args.get("allow_untrained"):
+        raise ValueError("videoreward app: args.checkpoint is required (a VideoReward checkpoint folder); set "
+                         "args.allow_untrained: true to serve an untrained tiny model for smoke tests")
     ckpt = args.get("checkpoint") or str(make_untrained_checkpoint(Path("outputs/serve_reward/untrained").resolve()))
     settings = {"checkpoint": ckpt, "latent_reward": args.get("latent_reward"),
                 "data_roots": args.get("data_roots") or [str(Path.cwd())],

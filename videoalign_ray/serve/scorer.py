@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from videoalign_ray.data.video import VideoDecodeError
+from videoalign_ray.errors import ModelPathError
 
 DIMS = ("VQ", "MQ", "TA")
 
@@ -30,7 +31,7 @@ class RewardScorer:
 
         checkpoint = Path(checkpoint)
         if not (checkpoint / "reward_config.json").is_file():
-            raise FileNotFoundError(f"{checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
+            raise ModelPathError(f"{checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
         self.checkpoint = str(checkpoint.resolve())
         self.device = device
         self.model, self.proc = load_reward_checkpoint(checkpoint)
@@ -108,10 +109,10 @@ def make_untrained_checkpoint(out_dir: str | Path, seed: int = 0, *, pixels: int
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from videoalign_ray.data.synthetic import all_scenes
     from videoalign_ray.reward.checkpoint import save_reward_checkpoint
     from videoalign_ray.reward.model import VideoRewardModel, tiny_qwen2vl_config
     from videoalign_ray.reward.processor import VideoRewardProcessor, build_tiny_tokenizer
+    from videoalign_ray.synthetic.world import all_scenes
 
     out_dir = Path(out_dir)
     if (out_dir / "reward_config.json").is_file():

@@ -8,16 +8,16 @@ when its prompt is a synthetic-world prompt and VideoReward scores with ``--rewa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from videoalign_ray.config import ModelSection, RuntimeSection
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.config import ModelSection, RuntimeSection, Weights, parse_weights
+from videoalign_ray.errors import DataError
 from videoalign_ray.flow.guidance import DEFAULT_MAX_FACTOR
+from videoalign_ray.runtime.job import job_run
 
 
 class GenerateConfig(RuntimeSection, ModelSection):
@@ -27,7 +27,7 @@ class GenerateConfig(RuntimeSection, ModelSection):
     prompts: str | None = Field(None, description="Text file, one prompt per line; default: the world's held-out prompts.")
     samples_per_prompt: int = Field(2, ge=1, description="Videos per prompt (noise seeds seed*100000 + i).")
     policy_weights: str | None = Field(None, description="A flow job's final/ folder (adapter/ or model/).")
-    weights: str = Field("1,1,1", description="Flow-NRG user weights lambda for VQ,MQ,TA.")
+    weights: Weights = Field("1,1,1", description="Flow-NRG user weights lambda for VQ,MQ,TA.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale w (0 = no reward guidance).")
     max_guidance_factor: float = Field(DEFAULT_MAX_FACTOR, gt=0, description="Cap on t/(1-t).")
     latent_reward: str | None = Field(None, description="Latent reward checkpoint (jobs/train_latent_reward.py).")
@@ -38,26 +38,27 @@ class GenerateConfig(RuntimeSection, ModelSection):
     shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
     batch_size: int = Field(8, ge=1, description="Videos sampled together.")
 
+    @model_validator(mode="after")
+    def _one_guide_source(self) -> GenerateConfig:
+        if self.guidance_scale > 0 and bool(self.latent_reward) == bool(self.reward_endpoint):
+            raise ValueError("guidance_scale > 0 needs exactly one of latent_reward (local guide) or "
+                             "reward_endpoint (Serve)")
+        return self
+
 
 def read_prompts(path: str | Path) -> list[str]:
     """Non-empty, stripped lines of a text file. Raises ValueError when there is none."""
     prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"{path}: no prompt (expected one prompt per line)")
+        raise DataError(f"{path}: no prompt (expected one prompt per line)")
     return prompts
 
 
 def make_guide(cfg: GenerateConfig):
-    """The reward guide for the sampler: local latent reward model, a Serve endpoint, or None.
-
-    Raises:
-        ValueError: guidance requested without a source, or both sources given.
-    """
+    """The reward guide for the sampler: local latent reward model, a Serve endpoint, or None (the config
+    guarantees exactly one source when ``guidance_scale > 0``)."""
     if cfg.guidance_scale <= 0:
         return None
-    if bool(cfg.latent_reward) == bool(cfg.reward_endpoint):
-        raise ValueError("--guidance-scale > 0 needs exactly one of --latent-reward DIR (local guide) or "
-                         "--reward-endpoint APP (Serve)")
     if cfg.reward_endpoint:
         from videoalign_ray.serve.client import ServeGuide
 
@@ -87,20 +88,22 @@ def sample_batch(transformer, text_encoder, vae, prompts: list[str], seeds: list
 
 def run_generate(cfg: GenerateConfig) -> dict:
     """Sample, score and write; returns the summary (also ``<output_dir>/summary.json``)."""
+    with job_run(cfg, resume_tracking=False) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: GenerateConfig, job) -> dict:
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from videoalign_ray.data.synthetic import all_scenes, split_scenes
     from videoalign_ray.data.video import write_mp4
-    from videoalign_ray.data.world_scores import score_video
-    from videoalign_ray.fileio import atomic_path
-    from videoalign_ray.flow.evaluate import Generator
     from videoalign_ray.flow.model import PRESETS, TextEncoder, load_vae, resolve_model_dir
-    from videoalign_ray.tracking import Tracker, default_tracking_uri
-    from videoalign_ray.train.flow_job import parse_weights
+    from videoalign_ray.runtime.fileio import atomic_path
+    from videoalign_ray.synthetic.evaluate import Generator
+    from videoalign_ray.synthetic.scorers import score_video
+    from videoalign_ray.synthetic.world import all_scenes, split_scenes
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = job.out
     weights = parse_weights(cfg.weights)
     guide = make_guide(cfg)
     preset = PRESETS[cfg.preset]
@@ -109,9 +112,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     scenes = {s.prompt: s for s in all_scenes()}
     num_frames, height, width = cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width
 
-    tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
-    tracker, _ = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, cfg.run_name or out.name,
-                                         cfg.to_flat_dict(), resume=False)
+    tracker = job.tracker
     transformer = Generator(str(model_dir), cfg.policy_weights).load()
     vae, text = load_vae(model_dir), TextEncoder(model_dir, preset.max_text_tokens)
     jobs = [(p, cfg.seed * 100_000 + i * cfg.samples_per_prompt + k, i, k)
@@ -132,7 +133,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     table = pd.DataFrame(rows)
     if cfg.reward_checkpoint:
         from videoalign_ray.reward.scoring import score_rows
-        from videoalign_ray.train.launch import init_ray
+        from videoalign_ray.runtime.launch import init_ray
 
         init_ray()
         scored = {(r["path"], r["prompt"]): r for r in score_rows(rows, cfg.reward_checkpoint)}
@@ -146,8 +147,5 @@ def run_generate(cfg: GenerateConfig) -> dict:
     tracker.log_artifact(out / "videos", "videos")
     summary = {"videos": len(rows), "scores_csv": str(out / "scores.csv"), "means": means,
                "weights": list(weights), "guidance_scale": cfg.guidance_scale,
-               "guide": "serve" if cfg.reward_endpoint else ("local" if guide is not None else "none"),
-               "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracking_uri}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    tracker.finish()
-    return summary
+               "guide": "serve" if cfg.reward_endpoint else ("local" if guide is not None else "none")}
+    return job.complete(summary)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from videoalign_ray.data.synthetic import BACKGROUND, COLORS, MOTIONS, Scene, travel_px
+from videoalign_ray.synthetic.world import BACKGROUND, COLORS, MOTIONS, Scene, travel_px
 
 _BG = np.array(BACKGROUND, np.float32)
 

@@ -6,19 +6,26 @@ HTTP binds to 127.0.0.1 unless ``--host`` says otherwise; request-supplied paths
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
+from videoalign_ray.runtime.job import job_run
+from videoalign_ray.errors import ConfigError, ModelPathError
+
+log = logging.getLogger(__name__)
 
 
 class ServeRewardConfig(RuntimeSection):
     """Config of ``jobs/serve_reward.py`` (also the knobs of ``cluster/serve_reward.yaml``)."""
 
     output_dir: str = "outputs/serve_reward"
-    checkpoint: str | None = Field(None, description="VideoReward checkpoint; default: an UNTRAINED tiny one.")
+    checkpoint: str | None = Field(None, description="VideoReward checkpoint folder (required unless --allow-untrained).")
+    allow_untrained: bool = Field(False, description="Without --checkpoint, serve an UNTRAINED tiny model (its scores "
+                                  "are noise: for smoke tests only).")
     latent_reward: str | None = Field(None, description="Latent reward checkpoint for Flow-NRG guide() calls.")
     data_roots: str = Field(".", description="Comma-separated folders that request paths must resolve inside.")
     host: str = Field("127.0.0.1", description="HTTP bind address (loopback by default).")
@@ -41,14 +48,19 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
     """Start Serve (HTTP on ``host:port``) and run the app; returns ``(DeploymentHandle, base URL)``."""
     from ray import serve
 
+    from videoalign_ray.runtime.launch import init_ray
     from videoalign_ray.serve.app import build_app
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
-    from videoalign_ray.train.launch import init_ray
 
+    if not cfg.checkpoint and not cfg.allow_untrained:
+        raise ConfigError("no --checkpoint: give a VideoReward checkpoint (jobs/train_reward.py writes "
+                          "<output-dir>/final), or --allow-untrained to serve an untrained tiny model for smoke tests")
+    if cfg.checkpoint and not (Path(cfg.checkpoint) / "reward_config.json").is_file():
+        raise ModelPathError(f"--checkpoint {cfg.checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
     init_ray()
     ckpt = cfg.checkpoint or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
     if not cfg.checkpoint:
-        print(f"[videoalign] no --checkpoint: serving an UNTRAINED tiny VideoReward ({ckpt}); scores are noise")
+        log.warning("--allow-untrained: serving an UNTRAINED tiny VideoReward (%s); its scores are noise", ckpt)
     settings = {"checkpoint": str(Path(ckpt).resolve()), "latent_reward": cfg.latent_reward,
                 "data_roots": [str(Path(r.strip()).resolve()) for r in cfg.data_roots.split(",") if r.strip()],
                 "max_upload_bytes": int(cfg.max_upload_mb * (1 << 20)), "device": "cuda" if cfg.num_gpus else "cpu"}
@@ -66,13 +78,18 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
 
 def run_serve_reward(cfg: ServeRewardConfig) -> dict:
     """Deploy, print the URL and example requests, then block (``run_seconds`` or Ctrl-C)."""
+    with job_run(cfg, track=False) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: ServeRewardConfig, job) -> dict:
     from ray import serve
 
     _, url = deploy(cfg)
-    print(f"[videoalign] reward app {cfg.app_name!r} is up: {url}/score  (health: {url}/healthz)\n"
-          f"  curl -F prompt='a red circle moving left to right' -F file=@video.mp4 {url}/score\n"
-          f"  curl -H 'content-type: application/json' -d '{{\"prompt\": \"...\", \"path\": \"<under "
-          f"{cfg.data_roots}>\"}}' {url}/score", flush=True)
+    log.info("reward app %r is up: %s/score  (health: %s/healthz)\n"
+             "  curl -F prompt='a red circle moving left to right' -F file=@video.mp4 %s/score\n"
+             "  curl -H 'content-type: application/json' -d '{\"prompt\": \"...\", \"path\": \"<under %s>\"}' %s/score",
+             cfg.app_name, url, url, url, cfg.data_roots, url)
     start = time.monotonic()
     try:
         while cfg.run_seconds == 0 or time.monotonic() - start < cfg.run_seconds:
@@ -80,4 +97,5 @@ def run_serve_reward(cfg: ServeRewardConfig) -> dict:
     except KeyboardInterrupt:
         pass
     status = serve.status().applications[cfg.app_name].status
-    return {"url": url, "app": cfg.app_name, "status": str(status), "uptime_s": round(time.monotonic() - start, 1)}
+    return job.complete({"url": url, "app": cfg.app_name, "status": str(status),
+                         "uptime_s": round(time.monotonic() - start, 1)})

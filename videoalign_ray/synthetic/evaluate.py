@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoalign_ray.data.synthetic import Scene
-from videoalign_ray.data.world_scores import score_video
+from videoalign_ray.synthetic.scorers import score_video
+from videoalign_ray.synthetic.world import Scene
 
 DIMS = ("VQ", "MQ", "TA")
 

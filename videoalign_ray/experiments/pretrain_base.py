@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from videoalign_ray.fileio import atomic_dir
-from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
+from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
+from videoalign_ray.runtime.fileio import atomic_dir
 
 
 class PretrainConfig(FlowDPOConfig):
@@ -51,7 +51,7 @@ def export_base(model_dir: Path, weights_dir: Path, export_dir: Path, info: dict
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Render the world data, pre-train, export; returns the flow job's summary plus ``export_dir``."""
-    from videoalign_ray.data.synthetic import all_scenes, make_preference_dataset
+    from videoalign_ray.synthetic.world import all_scenes, make_preference_dataset
 
     out = Path(cfg.output_dir).resolve()
     data = cfg.data or str(make_preference_dataset(

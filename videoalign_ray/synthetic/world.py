@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videoalign_ray.fileio import atomic_path
+from videoalign_ray.runtime.fileio import atomic_path
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square")

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from videoalign_ray.errors import DataError
+
 
 def init_ray() -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray."""
@@ -61,5 +63,5 @@ def split_for_workers(dataset, num_workers: int, batch_size: int) -> tuple[list,
     n = dataset.count()
     per_worker = n // num_workers
     if per_worker < 1:
-        raise ValueError(f"{n} usable rows cannot feed {num_workers} workers; lower --num-workers")
+        raise DataError(f"{n} usable rows cannot feed {num_workers} workers; lower --num-workers")
     return dataset.split(num_workers, equal=True), per_worker, min(batch_size, per_worker)

@@ -15,7 +15,7 @@ import torch
 
 from videoalign_ray.flow.losses import flow_dpo_loss, flow_rwr_loss, per_sample_mse
 from videoalign_ray.flow.schedule import add_noise, sample_t, to_model_timestep, velocity_target
-from videoalign_ray.train.driver import LoopCommon
+from videoalign_ray.runtime.driver import LoopCommon
 
 METRIC_KEYS = {
     "dpo": ("loss", "implicit_acc", "inside_mean", "chosen_gap", "rejected_gap", "kl_proxy"),
@@ -121,8 +121,8 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker=...)``)."""
     import ray.train
 
-    from videoalign_ray.train.driver import run_steps
-    from videoalign_ray.train.strategy import init_engine
+    from videoalign_ray.runtime.driver import run_steps
+    from videoalign_ray.runtime.strategy import init_engine
 
     cfg = LoopConfig(**config)
     world = ray.train.get_context().get_world_size()

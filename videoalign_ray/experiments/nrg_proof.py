@@ -9,12 +9,15 @@ paper's noisy-vs-clean ablation in miniature.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import logging
 
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.runtime.fileio import write_text_atomic
+from videoalign_ray.runtime.job import job_run
+
+log = logging.getLogger(__name__)
 
 
 class NRGProofConfig(RuntimeSection):
@@ -33,16 +36,21 @@ class NRGProofConfig(RuntimeSection):
 
 
 def run_nrg_proof(cfg: NRGProofConfig) -> dict:
+    with job_run(cfg, track=False) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: NRGProofConfig, job) -> dict:
     import ray
 
     from videoalign_ray.config import validate_config
-    from videoalign_ray.data.synthetic import split_scenes
+    from videoalign_ray.experiments.nrg_eval import guidance_sweep, sweep_table
     from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, TextEncoder, load_transformer, load_vae
-    from videoalign_ray.flow.nrg_eval import guidance_sweep, sweep_table
+    from videoalign_ray.pipelines.train_latent_reward import LatentRewardConfig, run_latent_reward
     from videoalign_ray.reward.latent import LatentRewardGuide, load_latent_reward
-    from videoalign_ray.train.latent_reward_job import LatentRewardConfig, run_latent_reward
+    from videoalign_ray.synthetic.world import split_scenes
 
-    out = Path(cfg.output_dir).resolve()
+    out = job.out
     preset = PRESETS["tiny-world"]
     _, held = split_scenes(seed=cfg.seed)
     levels = tuple(float(x) for x in cfg.levels.split(","))
@@ -62,9 +70,9 @@ def run_nrg_proof(cfg: NRGProofConfig) -> dict:
             scale=cfg.guidance_scale, levels=levels, num_frames=preset.num_frames, height=preset.height,
             width=preset.width, steps=cfg.sample_steps,
         )
-        print(f"\n--- latent reward ({noise}) held-out accuracy: {summary['val_accuracy']}")
+        log.info(f"\n--- latent reward ({noise}) held-out accuracy: {summary['val_accuracy']}")
     table = sweep_table(results)
     write_text_atomic(out / "results.json", json.dumps({"sweeps": results, "latent_reward_val": training}, indent=2))
     if ray.is_initialized():
         ray.shutdown()
-    return {"table": "\n" + table, "latent_reward_val": training, "results_json": str(out / "results.json")}
+    return job.complete({"table": "\n" + table, "latent_reward_val": training, "results_json": str(out / "results.json")})

@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field
 
 from videoalign_ray.config import DataSection, ModelSection, RuntimeSection, TrainSection
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.runtime.job import job_run
 
 
 class LatentRewardConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
@@ -39,9 +38,9 @@ class LatentRewardConfig(RuntimeSection, DataSection, ModelSection, TrainSection
 
 
 def _encode(pairs, cfg: LatentRewardConfig, model_dir: Path, out: Path, use_gpu: bool):
-    from videoalign_ray.data.pipeline import encode_pairs
+    from videoalign_ray.flow.pipeline import encode_pairs
+    from videoalign_ray.pipelines.flow_dpo import encode_spec
     from videoalign_ray.reward.pipeline import labels_of
-    from videoalign_ray.train.flow_job import encode_spec
 
     return encode_pairs(pairs, encode_spec(cfg, model_dir, out, use_gpu),
                         {p.pair_id: {"labels": labels_of(p)} for p in pairs})
@@ -51,36 +50,34 @@ def run_latent_reward(cfg: LatentRewardConfig) -> dict:
     """Train and export; returns the summary (also ``<output_dir>/summary.json``).
 
     Raises:
-        DataError: no usable pair or too many rejects; FileNotFoundError: the real preset without a folder.
+        DataError: no usable pair or too many rejects; ModelPathError: the real preset without a folder.
     """
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: LatentRewardConfig, job) -> dict:
     import numpy as np
     import torch
 
     from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
-    from videoalign_ray.data.synthetic import train_val_tables
     from videoalign_ray.flow.model import resolve_model_dir
     from videoalign_ray.reward.latent import LatentRewardModel, from_generator, save_latent_reward
-    from videoalign_ray.tracking import Tracker, default_tracking_uri
-    from videoalign_ray.train.latent_reward_loop import (
+    from videoalign_ray.reward.latent_train_loop import (
         LatentRewardLoopConfig,
         heldout_accuracy,
         loop_config_dict,
         train_loop_per_worker,
     )
-    from videoalign_ray.train.launch import init_ray, make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.runtime.launch import make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.synthetic.world import train_val_tables
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
-    init_ray()
+    out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
     use_gpu = use_gpu_default(cfg.use_gpu)
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
     data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
                                       val_pairs=cfg.val_pairs, seed=cfg.seed)
     loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
-    tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
-    tracker, resumed = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, cfg.run_name or out.name,
-                                               cfg.to_flat_dict())
     enc, enc_val = _encode(loaded.pairs, cfg, model_dir, out, use_gpu), _encode(loaded_val.pairs, cfg, model_dir,
                                                                                  out, use_gpu)
     rejects = loaded.rejects + enc.rejects
@@ -131,7 +128,5 @@ def run_latent_reward(cfg: LatentRewardConfig) -> dict:
     summary = {"train_pairs": len(loaded.pairs), "val_pairs": len(rows), "rejects": len(rejects), "steps": steps,
                "pairs_per_worker": per_worker, "noise": cfg.noise, "num_blocks": cfg.num_blocks,
                "val_accuracy": {k: round(v, 4) for k, v in acc.items()}, "checkpoint": str(final),
-               "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracking_uri, "resumed_mlflow_run": resumed}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    tracker.finish()
-    return summary
+               "resumed_mlflow_run": job.resumed}
+    return job.complete(summary)

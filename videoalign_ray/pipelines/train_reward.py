@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field
 
 from videoalign_ray.config import DataSection, RuntimeSection, TrainSection
 from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.errors import ModelPathError
+from videoalign_ray.runtime.job import job_run
 
 TINY_PIXELS = 56 * 56
 
@@ -45,11 +45,21 @@ class TrainRewardConfig(RuntimeSection, DataSection, TrainSection):
 
 
 def run_train_reward(cfg: TrainRewardConfig) -> dict:
-    """Train, validate, export ``<output_dir>/final`` (our checkpoint with normalisation stats)."""
+    """Train, validate, export ``<output_dir>/final`` (our checkpoint with normalisation stats).
+
+    Raises:
+        ModelPathError: the real preset without ``model_path``. DataError: no usable pair, too many rejects.
+    """
+    if cfg.preset != "tiny" and not cfg.model_path:
+        raise ModelPathError("preset qwen2-vl-2b needs --model-path to a local Qwen2-VL-2B-Instruct folder")
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: TrainRewardConfig, job) -> dict:
     import numpy as np
     import torch
 
-    from videoalign_ray.data.synthetic import train_val_tables
     from videoalign_ray.reward.checkpoint import save_reward_checkpoint
     from videoalign_ray.reward.pipeline import FrameSpec, decode_pairs
     from videoalign_ray.reward.processor import build_tiny_tokenizer, load_tokenizer
@@ -62,34 +72,26 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
         score_margins,
         train_loop_per_worker,
     )
-    from videoalign_ray.tracking import Tracker, default_tracking_uri
-    from videoalign_ray.train.launch import init_ray, make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.runtime.launch import make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.synthetic.world import train_val_tables
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+    out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
     tiny = cfg.preset == "tiny"
-    if not tiny and not cfg.model_path:
-        raise FileNotFoundError("preset qwen2-vl-2b needs --model-path to a local Qwen2-VL-2B-Instruct folder")
     data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
                                       val_pairs=cfg.val_pairs, seed=cfg.seed)
     loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
     tok_dir = out / "tokenizer"
     if tiny and not (tok_dir / "tokenizer.json").is_file():
-        from videoalign_ray.data.synthetic import all_scenes
+        from videoalign_ray.synthetic.world import all_scenes
 
         prompts = [s.prompt for s in all_scenes()] + [p.prompt for p in loaded.pairs]
         build_tiny_tokenizer(prompts).save_pretrained(tok_dir)
     elif not tiny and not tok_dir.is_dir():
         load_tokenizer(cfg.model_path).save_pretrained(tok_dir)
 
-    init_ray()
     use_gpu = use_gpu_default(cfg.use_gpu)
     spec = FrameSpec(fps=cfg.fps or (8.0 if tiny else 2.0), min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
                      max_pixels=cfg.max_pixels or (TINY_PIXELS if tiny else 448 * 448))
-    tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
-    tracker, resumed = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, cfg.run_name or out.name,
-                                               cfg.to_flat_dict())
     train_ds, train_rejects = decode_pairs(loaded.pairs, spec)
     val_ds, val_rejects = decode_pairs(loaded_val.pairs, spec)
     rejects = loaded.rejects + train_rejects
@@ -148,8 +150,5 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
     tracker.log_artifact(final, "final")
     summary = {"train_pairs": len(loaded.pairs), "val_pairs": len(val_rows), "rejects": len(rejects),
                "steps": steps, "val_accuracy": {k: round(v, 4) for k, v in table.items()},
-               "checkpoint": str(final), "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracking_uri,
-               "resumed_mlflow_run": resumed}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    tracker.finish()
-    return summary
+               "checkpoint": str(final), "resumed_mlflow_run": job.resumed}
+    return job.complete(summary)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.runtime.fileio import write_text_atomic
 
 
 def default_tracking_uri(output_dir: str | Path, configured: str | None = None) -> str:
@@ -107,6 +107,11 @@ class Tracker:
             self.client.set_tag(self.run_id, k, str(v))
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def fail(self, exc: BaseException, status: str = "FAILED") -> None:
+        """End the run as ``status`` (FAILED or KILLED) with ``error`` = the exception type and message."""
+        self.client.set_tag(self.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
         self.client.set_terminated(self.run_id, status=status)
 
     def close(self) -> None:

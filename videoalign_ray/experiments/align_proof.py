@@ -9,12 +9,15 @@ the held-out implicit DPO accuracy on rendered held-out pairs.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import logging
 
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.runtime.fileio import write_text_atomic
+from videoalign_ray.runtime.job import job_run
+
+log = logging.getLogger(__name__)
 
 
 class AlignProofConfig(RuntimeSection):
@@ -36,24 +39,29 @@ class AlignProofConfig(RuntimeSection):
 
 
 def run_align_proof(cfg: AlignProofConfig) -> dict:
+    with job_run(cfg, track=False) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: AlignProofConfig, job) -> dict:
     import numpy as np
     import ray
     import torch
 
     from videoalign_ray.config import validate_config
     from videoalign_ray.data.io import load_pairs
-    from videoalign_ray.data.pipeline import EncodeSpec, encode_pairs
-    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
-    from videoalign_ray.flow.evaluate import (
+    from videoalign_ray.flow.model import PRESETS, component_id, resolve_model_dir
+    from videoalign_ray.flow.pipeline import EncodeSpec, encode_pairs
+    from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
+    from videoalign_ray.synthetic.evaluate import (
         Generator,
         compare_generators,
         format_table,
         implicit_dpo_accuracy,
     )
-    from videoalign_ray.flow.model import PRESETS, component_id, resolve_model_dir
-    from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
+    from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
-    out = Path(cfg.output_dir).resolve()
+    out = job.out
     model_dir = resolve_model_dir("tiny-world", cfg.model_path, out)
     preset = PRESETS["tiny-world"]
     train, held = split_scenes(seed=cfg.seed)
@@ -89,7 +97,7 @@ def run_align_proof(cfg: AlignProofConfig) -> dict:
             height=preset.height, width=preset.width, max_text_tokens=preset.max_text_tokens,
             steps=cfg.sample_steps, grid_path=run_dir / "heldout_grid.png",
         )
-        print(f"\n--- Flow-DPO on {dim} pairs ({summary['pairs_used']} pairs, {summary['steps']} steps), "
+        log.info(f"\n--- Flow-DPO on {dim} pairs ({summary['pairs_used']} pairs, {summary['steps']} steps), "
               f"held-out prompts ---\n{format_table(comparison, 'aligned', 'base')}\n"
               f"held-out implicit DPO accuracy ({len(held_pairs)} pairs): {acc:.3f}")
         results[dim] = {"win_rate": comparison["win_rate"], "aligned_mean": comparison["policy_mean"],
@@ -100,7 +108,7 @@ def run_align_proof(cfg: AlignProofConfig) -> dict:
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     if ray.is_initialized():
         ray.shutdown()
-    return {"results": results, "table": "\n" + proof_table(results)}
+    return job.complete({"results": results, "table": "\n" + proof_table(results)})
 
 
 def proof_table(results: dict) -> str:

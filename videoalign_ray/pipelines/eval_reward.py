@@ -7,13 +7,17 @@ score margins: accuracy with and without ties per dimension and Overall. Writes 
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.fileio import atomic_path, write_text_atomic
+from videoalign_ray.errors import DataError, ModelPathError
+from videoalign_ray.runtime.fileio import atomic_path
+from videoalign_ray.runtime.job import job_run
+
+log = logging.getLogger(__name__)
 
 
 class EvalRewardConfig(RuntimeSection):
@@ -32,26 +36,32 @@ def _write_csv(df, path: Path) -> None:
 
 
 def run_eval_reward(cfg: EvalRewardConfig) -> dict:
+    """Score every video once, judge every pair; returns the summary with the accuracy table.
+
+    Raises:
+        ModelPathError: ``checkpoint`` is not a VideoReward checkpoint. DataError: no pair could be scored.
+    """
+    if not (Path(cfg.checkpoint) / "reward_config.json").is_file():
+        raise ModelPathError(f"{cfg.checkpoint}: not a VideoReward checkpoint (run jobs/train_reward.py first)")
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: EvalRewardConfig, job) -> dict:
     import numpy as np
     import pandas as pd
 
     from videoalign_ray.data.io import load_pairs, write_rejects
     from videoalign_ray.data.schema import Reject
-    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
     from videoalign_ray.reward.pipeline import labels_of
     from videoalign_ray.reward.scoring import score_rows
     from videoalign_ray.reward.train_loop import accuracy_table
-    from videoalign_ray.tracking import Tracker, default_tracking_uri
-    from videoalign_ray.train.launch import init_ray
+    from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if not (Path(cfg.checkpoint) / "reward_config.json").is_file():
-        raise FileNotFoundError(f"{cfg.checkpoint}: not a VideoReward checkpoint (run jobs/train_reward.py first)")
+    out = job.out
     data = cfg.data or str(make_preference_dataset(out / "data", num_pairs=128, scenes=split_scenes(seed=cfg.seed)[1],
                                                    seed=cfg.seed + 1, name="val"))
     loaded = load_pairs(data, keep_ties=True)
-    init_ray()
     videos = sorted({(p.chosen, p.prompt) for p in loaded.pairs} | {(p.rejected, p.prompt) for p in loaded.pairs})
     scored = score_rows([{"path": v, "prompt": c} for v, c in videos], cfg.checkpoint, actors=cfg.actors,
                         batch_size=cfg.batch_size)
@@ -67,15 +77,20 @@ def run_eval_reward(cfg: EvalRewardConfig) -> dict:
         lab = labels_of(p)
         rows.append({"row": p.row, "path_A": p.chosen, "path_B": p.rejected, "prompt": p.prompt,
                      **{f"label_{d}": int(lab[i]) for i, d in enumerate(dims)},
+                     "label_Overall": -100 if p.overall is None else int(p.overall),
                      **{f"margin_{d}": float(a[d] - b[d]) for d in dims},
                      **{f"raw_A_{d}": float(a[f"raw_{d}"]) for d in dims},
                      **{f"raw_B_{d}": float(b[f"raw_{d}"]) for d in dims}})
     if not rows:
-        raise ValueError(f"{data}: no pair could be scored; see rejects.csv")
+        raise DataError(f"{data}: no pair could be scored; see rejects.csv")
     pairs = pd.DataFrame(rows)
     ra = pairs[[f"raw_A_{d}" for d in dims]].to_numpy()
     rb = pairs[[f"raw_B_{d}" for d in dims]].to_numpy()
-    table = accuracy_table(ra, rb, pairs[[f"label_{d}" for d in dims]].to_numpy())
+    # VideoGen-RewardBench carries its own Overall label: score Overall against it; derive it (majority of
+    # VQ/MQ/TA) only for a table without that column.
+    has_overall = any(p.overall is not None for p in loaded.pairs)
+    table = accuracy_table(ra, rb, pairs[[f"label_{d}" for d in dims]].to_numpy(),
+                           pairs["label_Overall"].to_numpy() if has_overall else None)
     _write_csv(pd.DataFrame(scored), out / "video_scores.csv")
     _write_csv(pairs, out / "pair_predictions.csv")
     write_rejects(out / "rejects.csv", rejects)
@@ -83,14 +98,12 @@ def run_eval_reward(cfg: EvalRewardConfig) -> dict:
     for d in (*dims, "Overall"):
         lines.append(f"{d:<10}{table.get(f'acc_{d}', float('nan')):>14.4f}{table.get(f'acc_ties_{d}', float('nan')):>13.4f}")
     text = "\n".join(lines)
-    print(f"\n{data}: {len(rows)} pairs, {len(videos)} videos\n{text}")
-    uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
-    tracker, _ = Tracker.start_or_resume(out, uri, cfg.mlflow_experiment, cfg.run_name or out.name, cfg.to_flat_dict())
+    log.info("%s: %d pairs, %d videos\n%s", data, len(rows), len(videos), text)
+    tracker = job.tracker
     tracker.log_metrics({k: float(v) for k, v in table.items() if not np.isnan(v)}, step=0)
     for f in ("video_scores.csv", "pair_predictions.csv", "rejects.csv"):
         tracker.log_artifact(out / f)
-    tracker.finish()
     summary = {"data": data, "pairs": len(rows), "videos": len(videos), "rejects": len(rejects),
-               "table": "\n" + text, "accuracy": table, "mlflow_run_id": tracker.run_id}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
-    return summary
+               "overall_label": "table column" if has_overall else "majority of VQ/MQ/TA",
+               "table": "\n" + text, "accuracy": table}
+    return job.complete(summary)

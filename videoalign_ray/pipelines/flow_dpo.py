@@ -15,9 +15,17 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from videoalign_ray.config import DataSection, ModelSection, RuntimeSection, TrainSection
+from videoalign_ray.config import (
+    DataSection,
+    ModelSection,
+    RuntimeSection,
+    TrainSection,
+    Weights,
+    parse_weights,
+)
 from videoalign_ray.data.io import LoadResult, check_reject_budget, load_pairs, write_rejects
-from videoalign_ray.fileio import atomic_dir, write_text_atomic
+from videoalign_ray.runtime.fileio import atomic_dir
+from videoalign_ray.runtime.job import job_run
 
 
 class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
@@ -31,7 +39,7 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     reward_checkpoint: str | None = Field(
         None, description="RWR: score the videos with this VideoReward checkpoint (default: the MOS columns)."
     )
-    reward_weights: str = Field("1,1,1", description="RWR: weights of normalised VQ,MQ,TA in the reward mean.")
+    reward_weights: Weights = Field("1,1,1", description="RWR: weights of normalised VQ,MQ,TA in the reward mean.")
     rwr_tau: float = Field(1.0, gt=0, description="RWR: w = exp(r / tau).")
     rwr_normalize: Literal["none", "batch_softmax"] = Field(
         "none", description="RWR: none = exp(r/tau) as in the paper; batch_softmax = B * softmax(r/tau)."
@@ -59,27 +67,16 @@ class FlowRWRConfig(FlowDPOConfig):
 
 
 def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
-    from videoalign_ray.data.synthetic import make_preference_dataset
+    from videoalign_ray.synthetic.world import make_preference_dataset
 
     data = Path(cfg.data) if cfg.data else make_preference_dataset(out / "builtin_data", seed=cfg.seed)
     # RWR trains on every video (A and B of each row, each with its own reward), whatever the labels say.
     return load_pairs(data, cfg.dimension, keep_ties=cfg.objective == "rwr")
 
 
-def parse_weights(text: str) -> tuple[float, float, float]:
-    """``"1,1,1"`` -> ``(1.0, 1.0, 1.0)``. Raises ValueError naming the value."""
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"weights must be three comma-separated numbers (VQ,MQ,TA), got {text!r}") from None
-    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"weights must be three non-negative numbers with a positive sum, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
 def _rwr_extras(cfg: FlowDPOConfig, loaded: LoadResult) -> dict:
     """RWR: per-pair reward columns; pairs whose videos cannot be scored join ``loaded.rejects``."""
-    from videoalign_ray.train.rwr_rewards import checkpoint_rewards, mos_rewards, pair_extras
+    from videoalign_ray.pipelines.rwr_rewards import checkpoint_rewards, mos_rewards, pair_extras
 
     weights = parse_weights(cfg.reward_weights)
     if cfg.reward_checkpoint:
@@ -93,11 +90,17 @@ def _rwr_extras(cfg: FlowDPOConfig, loaded: LoadResult) -> dict:
 
 
 def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
-    """Copy the final weights + config next to each other under ``<out>/final`` (atomically)."""
+    """Publish the final weights + config under ``<out>/final`` (atomically): a LoRA run as
+    ``pytorch_lora_weights.safetensors`` (diffusers) and ``adapter/`` (peft), a full run as ``model/``."""
+    from videoalign_ray.flow.lora_export import read_adapter_state, write_published_lora
+
     with atomic_dir(out / "final") as tmp:
-        for sub in ("adapter", "model"):
-            if (checkpoint_dir / sub).is_dir():
-                shutil.copytree(checkpoint_dir / sub, tmp / sub)
+        if (checkpoint_dir / "adapter").is_dir():
+            state, rank, alpha = read_adapter_state(checkpoint_dir / "adapter")
+            base = json.loads((checkpoint_dir / "adapter" / "adapter_config.json").read_text()).get("base_model")
+            write_published_lora(state, rank, alpha, tmp, base_model=base)
+        if (checkpoint_dir / "model").is_dir():
+            shutil.copytree(checkpoint_dir / "model", tmp / "model")
         shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
     return out / "final"
@@ -106,8 +109,8 @@ def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
 def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
     """The Ray Data encoding spec of a generator job (``cfg``: a config with the data and model sections):
     video size from the flags or the preset, latent cache under ``<out>/cache`` unless ``--cache-dir``."""
-    from videoalign_ray.data.pipeline import EncodeSpec
     from videoalign_ray.flow.model import PRESETS, component_id
+    from videoalign_ray.flow.pipeline import EncodeSpec
 
     preset = PRESETS[cfg.preset]
     return EncodeSpec(
@@ -125,28 +128,25 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
 
     Raises:
         DataError: no usable pair, or too many rejects.
-        FileNotFoundError: the real preset without a model folder.
+        ModelPathError: the real preset without a model folder.
     """
-    from videoalign_ray.data.pipeline import encode_pairs
-    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
-    from videoalign_ray.tracking import Tracker, default_tracking_uri
-    from videoalign_ray.train.flow_loop import LoopConfig, loop_config_dict, train_loop_per_worker
-    from videoalign_ray.train.launch import init_ray, make_trainer, split_for_workers, use_gpu_default
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+
+def _run(cfg: FlowDPOConfig, job) -> dict:
+    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+    from videoalign_ray.flow.pipeline import encode_pairs
+    from videoalign_ray.flow.train_loop import LoopConfig, loop_config_dict, train_loop_per_worker
+    from videoalign_ray.runtime.launch import make_trainer, split_for_workers, use_gpu_default
+
+    out, tracker = job.out, job.tracker
     run_name = cfg.run_name or out.name
     preset = PRESETS[cfg.preset]
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
-
-    init_ray()
     use_gpu = use_gpu_default(cfg.use_gpu)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
     num_frames, height, width = cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width
-
-    tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
-    tracker, resumed_run = Tracker.start_or_resume(out, tracking_uri, cfg.mlflow_experiment, run_name, cfg.to_flat_dict())
 
     loaded = _load_data(cfg, out)
     extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
@@ -172,7 +172,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, t_shift=cfg.t_shift, micro_batch=micro_batch,
         grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
-        mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
+        mlflow_tracking_uri=job.tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
         rwr_normalize=cfg.rwr_normalize,
@@ -214,12 +214,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         "checkpoint": str(final),
         "ray_checkpoint": result.checkpoint.path,
         "samples": [str(s) for s in samples],
-        "mlflow_tracking_uri": tracking_uri,
-        "mlflow_run_id": tracker.run_id,
-        "resumed_mlflow_run": resumed_run,
+        "resumed_mlflow_run": job.resumed,
         "data_stats": counts,
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    tracker.log_artifact(out / "summary.json")
-    tracker.finish()
-    return summary
+    return job.complete(summary)

@@ -13,7 +13,7 @@ import torch
 
 from videoalign_ray.flow.schedule import add_noise, sample_t
 from videoalign_ray.reward.losses import bt_loss, btt_loss
-from videoalign_ray.train.driver import LoopCommon
+from videoalign_ray.runtime.driver import LoopCommon
 
 DIMS = ("VQ", "MQ", "TA")
 METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
@@ -67,8 +67,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from videoalign_ray.reward.latent import from_generator
-    from videoalign_ray.train.driver import run_steps
-    from videoalign_ray.train.strategy import init_engine
+    from videoalign_ray.runtime.driver import run_steps
+    from videoalign_ray.runtime.strategy import init_engine
 
     cfg = LatentRewardLoopConfig(**config)
     world = ray.train.get_context().get_world_size()

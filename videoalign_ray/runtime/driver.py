@@ -15,6 +15,7 @@ rest, identically for every job:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,9 @@ class LoopCommon:
     min_lr_ratio: float = 0.0
 
     def deepspeed_config(self, world_size: int) -> dict:
-        """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.train.strategy.deepspeed_config`;
+        """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.runtime.strategy.deepspeed_config`;
         the lr schedule spans ``max_steps``)."""
-        from videoalign_ray.train.strategy import deepspeed_config
+        from videoalign_ray.runtime.strategy import deepspeed_config
 
         return deepspeed_config(
             micro_batch=self.micro_batch, grad_accum=self.grad_accum, zero_stage=self.zero_stage, lr=self.lr,
@@ -152,8 +155,11 @@ def run_steps(
     import ray.train
     from ray.train import Checkpoint
 
-    from videoalign_ray.train.strategy import load_checkpoint, save_checkpoint
+    from videoalign_ray.runtime.strategy import load_checkpoint, save_checkpoint
 
+    if not logging.getLogger().handlers:  # a Ray Train worker: its log lines reach the driver through stderr
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("videoalign_ray").setLevel(logging.INFO)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
@@ -162,10 +168,10 @@ def run_steps(
         with ckpt.as_directory() as d:
             state = load_checkpoint(engine, Path(d), lora=lora)
         if rank == 0:
-            print(f"[videoalign] resumed from checkpoint at step {state['step']}", flush=True)
+            log.info("resumed from checkpoint at step %d", state["step"])
     tracker = None
     if rank == 0 and spec.mlflow_run_id:
-        from videoalign_ray.tracking import Tracker
+        from videoalign_ray.runtime.tracking import Tracker
 
         tracker = Tracker.attach(spec.mlflow_tracking_uri, spec.mlflow_run_id)
     shard = ray.train.get_dataset_shard(f"shard_{rank}")

@@ -4,12 +4,16 @@ synthetic world's held-out prompts, logged to MLflow with a frame grid."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import logging
+from typing import Literal
 
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.runtime.fileio import write_text_atomic
+from videoalign_ray.runtime.job import job_run
+
+log = logging.getLogger(__name__)
 
 
 class EvaluateConfig(RuntimeSection):
@@ -19,7 +23,7 @@ class EvaluateConfig(RuntimeSection):
     policy: str | None = Field(None, description="A job's final/ folder (adapter/ or model/); default: the base.")
     reference: str | None = Field(None, description="Another final/ folder; default: the base model itself.")
     model_path: str | None = Field(None, description="Base model folder; default: the tiny-world asset.")
-    prompts: str = Field("heldout", description="heldout | train | all (synthetic-world prompt sets).")
+    prompts: Literal["heldout", "train", "all"] = Field("heldout", description="heldout | train | all (synthetic-world prompt sets).")
     split_seed: int = Field(0, description="Seed of the train/held-out prompt split.")
     samples_per_prompt: int = Field(8, ge=1, description="Samples per prompt (shared seeds for both models).")
     sample_steps: int = Field(20, ge=1, description="Euler steps.")
@@ -30,18 +34,19 @@ class EvaluateConfig(RuntimeSection):
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Sample, score, print and log the comparison; returns a summary with the table."""
-    from videoalign_ray.data.synthetic import all_scenes, split_scenes
-    from videoalign_ray.flow.evaluate import Generator, compare_generators, format_table
-    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
-    from videoalign_ray.tracking import Tracker, default_tracking_uri
+    with job_run(cfg, track=True) as job:
+        return _run(cfg, job)
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+
+def _run(cfg: EvaluateConfig, job) -> dict:
+    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+    from videoalign_ray.synthetic.evaluate import Generator, compare_generators, format_table
+    from videoalign_ray.synthetic.world import all_scenes, split_scenes
+
+    out = job.out
     model_dir = str(resolve_model_dir("tiny-world", cfg.model_path, out))
     train, held = split_scenes(seed=cfg.split_seed)
-    scenes = {"heldout": held, "train": train, "all": all_scenes()}.get(cfg.prompts)
-    if scenes is None:
-        raise ValueError(f"prompts must be heldout, train or all, got {cfg.prompts!r}")
+    scenes = {"heldout": held, "train": train, "all": all_scenes()}[cfg.prompts]
     result = compare_generators(
         Generator(model_dir, cfg.policy), Generator(model_dir, cfg.reference), scenes,
         samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height,
@@ -49,16 +54,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         grid_path=out / "grid.png",
     )
     table = format_table(result)
-    print(table)
+    log.info("\n%s", table)
     write_text_atomic(out / "scores.json", json.dumps(result, indent=2))
-    uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
-    tracker, _ = Tracker.start_or_resume(out, uri, cfg.mlflow_experiment, cfg.run_name or out.name, cfg.to_flat_dict())
+    tracker = job.tracker
     metrics = {f"win_rate_{d}": v[0] for d, v in result["win_rate"].items()}
     metrics |= {f"policy_{d}": v for d, v in result["policy_mean"].items()}
     metrics |= {f"reference_{d}": v for d, v in result["reference_mean"].items()}
     tracker.log_metrics(metrics, step=0)
     for f in ("grid.png", "scores.json"):
         tracker.log_artifact(out / f)
-    tracker.finish()
-    return {"table": "\n" + table, "n": result["n"], "grid": str(out / "grid.png"),
-            "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": uri}
+    return job.complete({"table": "\n" + table, "n": result["n"], "grid": str(out / "grid.png")})

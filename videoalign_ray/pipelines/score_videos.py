@@ -8,7 +8,9 @@ from pathlib import Path
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.fileio import atomic_path
+from videoalign_ray.errors import DataError
+from videoalign_ray.runtime.fileio import atomic_path
+from videoalign_ray.runtime.job import job_run
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".ts"}
 
@@ -35,20 +37,23 @@ def _rows(source: Path) -> list[dict]:
                 if p.suffix.lower() in VIDEO_SUFFIXES]
     df = read_table(source)
     if not {"path", "prompt"} <= set(df.columns):
-        raise ValueError(f"{source}: a table to score needs path and prompt columns, has {list(df.columns)}")
+        raise DataError(f"{source}: a table to score needs path and prompt columns, has {list(df.columns)}")
     return [{"path": str((source.parent / str(r.path)).resolve()), "prompt": str(r.prompt)}
             for r in pd.DataFrame(df).itertuples()]
 
 
 def run_score_videos(cfg: ScoreVideosConfig) -> dict:
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: ScoreVideosConfig, job) -> dict:
     import pandas as pd
 
-    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
     from videoalign_ray.reward.scoring import score_rows
-    from videoalign_ray.train.launch import init_ray
+    from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = job.out
     if cfg.input:
         rows = _rows(Path(cfg.input))
     else:
@@ -57,8 +62,7 @@ def run_score_videos(cfg: ScoreVideosConfig) -> dict:
         rows = [{"path": str((csv.parent / p).resolve()), "prompt": c}
                 for col in ("path_A", "path_B") for p, c in zip(df[col], df["prompt"], strict=True)]
     if not rows:
-        raise ValueError(f"{cfg.input}: no video found")
-    init_ray()
+        raise DataError(f"{cfg.input}: no video found")
     scored = pd.DataFrame(score_rows(rows, cfg.checkpoint, actors=cfg.actors, batch_size=cfg.batch_size))
     target = out / cfg.output
     with atomic_path(target) as tmp:
@@ -67,5 +71,8 @@ def run_score_videos(cfg: ScoreVideosConfig) -> dict:
         else:
             scored.to_parquet(tmp, index=False)
     failed = int((scored["error"] != "").sum())
-    return {"videos": len(scored), "failed": failed, "output": str(target),
-            "mean_Overall": float(scored["Overall"].mean())}
+    job.tracker.log_metrics({"videos": len(scored), "failed": failed,
+                             "mean_Overall": float(scored["Overall"].mean())}, step=0)
+    job.tracker.log_artifact(target)
+    return job.complete({"videos": len(scored), "failed": failed, "output": str(target),
+                         "mean_Overall": float(scored["Overall"].mean())})

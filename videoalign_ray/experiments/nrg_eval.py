@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from videoalign_ray.data.synthetic import Scene
-from videoalign_ray.data.world_scores import score_video
-from videoalign_ray.flow.evaluate import DIMS, win_rate
+from videoalign_ray.synthetic.evaluate import DIMS, win_rate
+from videoalign_ray.synthetic.scorers import score_video
+from videoalign_ray.synthetic.world import Scene
 
 
 def guidance_sweep(
@@ -21,7 +21,7 @@ def guidance_sweep(
 ) -> dict:
     """Returns ``{dim: {"levels": [...], "mean": [GT mean of dim per level], "win_rate_vs_unguided": [(w, lo, hi)
     per level], "monotone": bool}, "unguided_mean": {dim: x}, "n": N}``."""
-    from videoalign_ray.flow.generate import sample_batch
+    from videoalign_ray.pipelines.generate import sample_batch
 
     prompts = [s.prompt for s in scenes for _ in range(samples_per_prompt)]
     scene_of = [s for s in scenes for _ in range(samples_per_prompt)]

@@ -10,13 +10,13 @@ RWR on every video weighted by ``exp(z-scored MOS of dimension)``, DPO on the pa
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.fileio import write_text_atomic
+from videoalign_ray.runtime.fileio import write_text_atomic
+from videoalign_ray.runtime.job import job_run
 
 
 class CompareObjectivesConfig(RuntimeSection):
@@ -38,15 +38,20 @@ class CompareObjectivesConfig(RuntimeSection):
 
 
 def run_compare_objectives(cfg: CompareObjectivesConfig) -> dict:
+    with job_run(cfg, track=False) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: CompareObjectivesConfig, job) -> dict:
     import ray
 
     from videoalign_ray.config import validate_config
-    from videoalign_ray.data.synthetic import make_preference_dataset, split_scenes
-    from videoalign_ray.flow.evaluate import Generator, compare_generators
     from videoalign_ray.flow.model import PRESETS, resolve_model_dir
-    from videoalign_ray.train.flow_job import FlowDPOConfig, run_flow_job
+    from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
+    from videoalign_ray.synthetic.evaluate import Generator, compare_generators
+    from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
-    out = Path(cfg.output_dir).resolve()
+    out = job.out
     model_dir = resolve_model_dir("tiny-world", None, out)
     preset = PRESETS["tiny-world"]
     train, held = split_scenes(seed=cfg.seed)
@@ -76,7 +81,7 @@ def run_compare_objectives(cfg: CompareObjectivesConfig) -> dict:
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     if ray.is_initialized():
         ray.shutdown()
-    return {"table": "\n" + comparison_table(results, cfg.dimension), "results_json": str(out / "results.json")}
+    return job.complete({"table": "\n" + comparison_table(results, cfg.dimension), "results_json": str(out / "results.json")})
 
 
 def comparison_table(results: dict, dimension: str) -> str:

@@ -1,0 +1,75 @@
+"""The package layout: imports point one way (runtime <- algorithms <- pipelines <- experiments <- jobs),
+and no module grows past 400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "videoalign_ray"
+
+# The top-level modules and packages of videoalign_ray, lowest first: a module may import only from its own
+# package or from one listed before it. A strict order also rules out package-level cycles.
+ORDER = [
+    "errors", "config",
+    "runtime",      # Ray / DeepSpeed / MLflow machinery, atomic files, the job skeleton
+    "cli",          # entry-point glue: parse flags, logging, exit codes
+    "data",         # schema, tables + rejects, decoding, transforms, cache
+    "flow",         # the generator and its alignment algorithms
+    "reward",       # VideoReward; the latent reward model is built from the generator's own blocks
+    "synthetic",    # the world, its ground-truth scorers, generator evaluation against them
+    "serve",        # the Ray Serve reward app
+    "pipelines",    # job configs + run_* (orchestration)
+    "experiments",  # synthetic-world experiments that run pipelines
+]
+RANKS = {name: i for i, name in enumerate(ORDER)}
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "videoalign_ray" and len(parts) > 1 else None
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every ``videoalign_ray`` import in ``path`` (module level and inside functions)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] if node.module != "videoalign_ray" else [f"videoalign_ray.{a.name}" for a in node.names]
+            found += [(node.lineno, n) for n in names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+    return [(line, name) for line, name in found if name.startswith("videoalign_ray.")]
+
+
+def test_every_package_has_a_rank():
+    tops = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"} | {
+        p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert tops == set(RANKS), f"unranked: {tops - set(RANKS)}, gone: {set(RANKS) - tops}"
+
+
+def test_imports_point_one_way():
+    violations = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        src = _top(".".join(rel.parts))
+        if src is None or src == "__init__":
+            continue
+        for line, name in _imports(path):
+            dst = _top(name)
+            if dst != src and RANKS[dst] >= RANKS[src]:
+                violations.append(f"{rel}.py:{line} ({src}, rank {RANKS[src]}) imports {name} (rank {RANKS[dst]})")
+    assert not violations, "imports against the layering:\n" + "\n".join(violations)
+
+
+def test_the_checker_sees_function_level_imports(tmp_path):
+    """The rule would be empty if nested imports were missed: the checker must see them."""
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from videoalign_ray.pipelines.flow_dpo import run_flow_job\n")
+    assert _imports(f) == [(2, "videoalign_ray.pipelines.flow_dpo")]
+
+
+def test_no_module_over_400_lines():
+    big = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not big, big
