@@ -14,4 +14,5 @@ test: setup-dev
 lint: setup-dev
 	.venv/bin/ruff check .
 bench: setup
-	$(PY) benchmarks/run_all.py
+	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+

@@ -81,3 +81,18 @@ def test_unknown_format_and_missing_table(tmp_path):
         load_pairs(tmp_path / "x.csv")
     with pytest.raises(DataError, match="not found"):
         load_pairs(tmp_path / "nope.csv")
+
+
+def test_a_table_overall_column_is_kept_as_its_own_label(tmp_path):
+    """VideoGen-RewardBench carries an Overall label: it is read as is (not the VQ/MQ/TA majority); a bad
+    value rejects its row with the column named; a table without it leaves ``overall`` None."""
+    _write_videos(tmp_path, ["a.mp4", "b.mp4"])
+    rows = [("A", "A", "B", "B"), ("B", "B", "same", "A"), ("A", "same", "A", "maybe")]
+    pd.DataFrame([{"path_A": "v/a.mp4", "path_B": "v/b.mp4", "prompt": f"p{i}", "VQ": vq, "MQ": mq, "TA": ta,
+                   "Overall": ov} for i, (vq, mq, ta, ov) in enumerate(rows)]).to_csv(tmp_path / "t.csv", index=False)
+    res = load_pairs(tmp_path / "t.csv", keep_ties=True)
+    assert [p.overall for p in res.pairs] == [-1, 1]  # the majorities would be +1 and -1
+    assert [(r.row, r.column) for r in res.rejects] == [(3, "Overall")]
+    pd.DataFrame([{"path_A": "v/a.mp4", "path_B": "v/b.mp4", "prompt": "p", "VQ": "A", "MQ": "A", "TA": "B"}]).to_csv(
+        tmp_path / "u.csv", index=False)
+    assert load_pairs(tmp_path / "u.csv", keep_ties=True).pairs[0].overall is None

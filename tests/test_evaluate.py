@@ -11,8 +11,11 @@ def test_win_rate_counts_ties_as_half():
     b = np.array([0.0, 2.0, 5.0, 1.0])
     rate, lo, hi = win_rate(a, b)  # outcomes 1, 0.5, 0, 1
     assert rate == pytest.approx(0.625)
-    std = np.std([1, 0.5, 0, 1], ddof=1)
-    assert hi - rate == pytest.approx(1.96 * std / 2)
+    # Wilson by hand: p = 0.625, n = 4, z = 1.96
+    z, p = 1.959964, 0.625
+    center = (p + z * z / 8) / (1 + z * z / 4)
+    half = z / (1 + z * z / 4) * np.sqrt(p * (1 - p) / 4 + z * z / 64)
+    assert (lo, hi) == pytest.approx((center - half, center + half))
     assert lo < rate < hi
     with pytest.raises(ValueError):
         win_rate(a, b[:3])
@@ -33,3 +36,31 @@ def test_frame_grid_layout():
     assert img.size == (4 * (6 + 2), 2 * (8 + 2))
     arr = np.asarray(img)
     assert arr[0, 0].tolist() == [0, 0, 0] and arr[10, 0].tolist() == [255, 255, 255]
+
+
+def test_win_rate_interval_stays_inside_0_1():
+    """The old normal interval printed "0.98 [0.96, 1.01]": near 1 (and at 1) the interval must stay in [0, 1]."""
+    a, b = np.ones(128), np.zeros(128)
+    a[:3] = -1  # 125 wins of 128
+    for clusters in (None, [f"p{i % 8}" for i in range(128)]):
+        rate, lo, hi = win_rate(a, b, clusters)
+        assert 0.0 <= lo < rate < hi <= 1.0
+    rate, lo, hi = win_rate(np.ones(16), np.zeros(16))
+    assert rate == hi == 1.0 and 0.75 < lo < 1.0
+
+
+def test_clustered_interval_counts_prompts_not_samples():
+    """16 seeds x 8 prompts where a prompt's samples all agree carry the information of 8 trials, not 128:
+    the prompt bootstrap is about as wide as a Wilson interval over 8 prompts, much wider than over 128."""
+    per_prompt = np.array([1, 1, 1, 1, 1, 0, 0, 1.0])  # 6 of 8 prompts won
+    outcome = np.repeat(per_prompt, 16)
+    prompts = np.repeat([f"prompt {i}" for i in range(8)], 16)
+    rate, lo, hi = win_rate(outcome, np.full(128, 0.5), prompts)
+    assert rate == pytest.approx(0.75)
+    naive_lo, naive_hi = win_rate(outcome, np.full(128, 0.5))[1:]
+    assert (hi - lo) > 2 * (naive_hi - naive_lo)
+    from videoalign_ray.synthetic.evaluate import wilson_interval
+
+    w8 = wilson_interval(0.75, 8)
+    assert 0.6 < (hi - lo) / (w8[1] - w8[0]) < 1.4
+    assert win_rate(outcome, np.full(128, 0.5), prompts) == (rate, lo, hi)  # seeded: reproducible

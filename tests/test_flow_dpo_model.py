@@ -1,4 +1,4 @@
-"""Flow-DPO on the tiny Wan transformer equals the spec (ALGORITHMS.md section 1) written out here."""
+"""Flow-DPO on the tiny Wan transformer equals the spec (docs/algorithms.md section 1) written out here."""
 
 import math
 

@@ -69,3 +69,19 @@ def test_tie_aware_accuracy_equals_brute_force(seed):
     b_acc, b_eps = _brute(m, h)
     assert acc == pytest.approx(b_acc)
     assert eps == b_eps
+
+
+def test_overall_accuracy_uses_the_given_overall_labels():
+    """accuracy_table scores Overall against a benchmark's own Overall column when given, else the majority."""
+    from videoalign_ray.reward.train_loop import accuracy_table
+
+    ra = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [2.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    rb = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    labels = np.array([[1, 1, 1], [-1, -1, -1], [1, -1, 1], [-1, 1, -1]])  # majority: +1, -1, +1, -1
+    derived = accuracy_table(ra, rb, labels)
+    # normalised Overall margins (mean/std over all 8 videos per dimension) have signs +, -, +, -:
+    assert derived["acc_Overall"] == 1.0
+    given = np.array([1, 1, -1, -100])  # the table disagrees with the majority on rows 2 and 3; row 4 unlabelled
+    table = accuracy_table(ra, rb, labels, given)
+    assert table["acc_Overall"] == pytest.approx(1 / 3)  # only row 1 of the 3 labelled rows is concordant
+    assert table["acc_VQ"] == derived["acc_VQ"]  # the per-dimension accuracies do not change

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from videoalign_ray.serve.client import post_video
@@ -324,3 +325,14 @@ def test_serve_config_file_deploys_and_reconfigures_without_restart(world, tmp_p
     assert all(r["model"].startswith("other@") for r in swapped)
     assert any(abs(a["Overall"] - b["Overall"]) > 1e-3 for a, b in zip(first, swapped, strict=True))
     serve.delete("videoreward")
+
+
+def test_config_file_builder_refuses_an_untrained_model():
+    """``serve run cluster/serve_reward.yaml`` with ``checkpoint: null`` refuses unless allow_untrained is set."""
+    from videoalign_ray.serve.app import app_builder
+
+    with pytest.raises(ValueError, match="allow_untrained"):
+        app_builder({"checkpoint": None})
+    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster" / "serve_reward.yaml").read_text())
+    args = conf["applications"][0]["args"]
+    assert args["allow_untrained"] is False and args["checkpoint"]

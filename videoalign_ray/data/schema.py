@@ -1,6 +1,6 @@
 """Preference-triple schema: labels, dimensions and the records the rest of the project passes around.
 
-Formats (ALGORITHMS.md section 5):
+Formats (docs/algorithms.md section 5):
 - VideoAlign: ``path_A, path_B, prompt, VQ, MQ, TA`` with labels ``A`` / ``B`` / ``same``, optional
   ``fps_A, num_frames_A, fps_B, num_frames_B`` and Likert ``MOS_A_VQ ... MOS_B_TA``.
 - chosen/rejected: ``prompt, chosen, rejected`` and an optional ``dimension`` column (VQ/MQ/TA or FETV's

@@ -141,7 +141,7 @@ def sample_indices(
     max_frames: int = 768,
     frame_factor: int = 2,
 ) -> np.ndarray:
-    """Uniform frame indices (ALGORITHMS.md section 4; Qwen2-VL's ``fetch_video``).
+    """Uniform frame indices (docs/algorithms.md section 4; Qwen2-VL's ``fetch_video``).
 
     With ``num_frames`` set, exactly that many indices spread uniformly over the clip. Otherwise
     ``total_frames / video_fps * target_fps`` frames, rounded to a multiple of ``frame_factor`` and clamped

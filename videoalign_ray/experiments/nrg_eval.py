@@ -45,7 +45,7 @@ def guidance_sweep(
         for level in levels:
             s = base if level == 0 else scores(tuple(level if j == k else 0.0 for j in range(3)))
             means.append(float(s[:, k].mean()))
-            wins.append(win_rate(s[:, k], base[:, k]))
+            wins.append(win_rate(s[:, k], base[:, k], prompts))
         result[d] = {"levels": list(levels), "mean": means, "win_rate_vs_unguided": wins,
                      "monotone": all(a < b for a, b in zip(means, means[1:], strict=False))}
     return result

@@ -1,4 +1,4 @@
-"""Flow-NRG: noisy reward guidance of the flow velocity (paper Eq. 11 / 22; ALGORITHMS.md section 3).
+"""Flow-NRG: noisy reward guidance of the flow velocity (paper Eq. 11 / 22; docs/algorithms.md section 3).
 
 Pure tensor functions: ``v_guided = v - w * t / (1 - t) * grad_{x_t} sum_d lambda_d r_phi(x_t, t, c)[:, d]``.
 With the convention ``x_t = (1 - t) x0 + t eps`` and Euler steps ``x <- x - dt * v`` (t decreasing),

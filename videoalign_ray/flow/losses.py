@@ -1,4 +1,4 @@
-"""Flow-matching losses as pure tensor functions: SFT, Flow-DPO and Flow-RWR (ALGORITHMS.md sections 1-2).
+"""Flow-matching losses as pure tensor functions: SFT, Flow-DPO and Flow-RWR (docs/algorithms.md sections 1-2).
 
 Shapes: latents / velocities ``(B, C, F, H, W)``; per-sample errors ``(B,)``; float32 results.
 """
@@ -69,7 +69,7 @@ def flow_dpo_loss(
 
 def combine_rewards(rewards: torch.Tensor, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
     """Multi-objective reward: the weighted mean ``sum_d w_d r_d / sum_d w_d`` of ``rewards`` ``(N, 3)``
-    (normalised VQ, MQ, TA) -> ``(N,)`` float32. With equal weights this is ALGORITHMS.md section 2's
+    (normalised VQ, MQ, TA) -> ``(N,)`` float32. With equal weights this is docs/algorithms.md section 2's
     ``(r_VQ + r_MQ + r_TA) / 3``.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Rectified-flow schedule (ALGORITHMS.md section 0; diffusers' FlowMatchEulerDiscreteScheduler).
+"""Rectified-flow schedule (docs/algorithms.md section 0; diffusers' FlowMatchEulerDiscreteScheduler).
 
 Convention: ``x0`` clean latents ``(B, C, F, H, W)``, ``eps ~ N(0, I)``, ``t in [0, 1]`` with ``t = 1`` pure
 noise; ``x_t = (1 - t) x0 + t eps``; velocity target ``v = eps - x0``. The project keeps ``t`` in [0, 1];

@@ -2,7 +2,7 @@
 
 Both sources give normalised ``(VQ, MQ, TA)`` per video; :func:`pair_extras` turns them into the
 ``reward_chosen`` / ``reward_rejected`` columns the training loop reads (multi-objective weighted mean,
-ALGORITHMS.md section 2). RWR loads pairs with ``keep_ties=True``, so ``chosen`` is video A and ``rejected``
+docs/algorithms.md section 2). RWR loads pairs with ``keep_ties=True``, so ``chosen`` is video A and ``rejected``
 video B of every row: both are training videos, each with its own reward.
 """
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from pydantic import Field
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.runtime.job import job_run
 from videoalign_ray.errors import ConfigError, ModelPathError
+from videoalign_ray.runtime.job import job_run
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Latent reward model for Flow-NRG: the generator's first K transformer blocks + pooling + a 3-output head.
 
-ALGORITHMS.md section 3 / paper section 4.3: ``r_phi(x_t, t, c) -> (B, 3)`` (VQ, MQ, TA) scores NOISY latents
+docs/algorithms.md section 3 / paper section 4.3: ``r_phi(x_t, t, c) -> (B, 3)`` (VQ, MQ, TA) scores NOISY latents
 directly (no VAE decode, no VLM). The trunk is copied from a generator checkpoint (patch embedding, rotary
 embedding, timestep/text condition embedder, blocks ``0..K-1``) and trained; the head is new. It is
 conditioned on ``t`` through the blocks' timestep modulation and on the prompt through their cross-attention,

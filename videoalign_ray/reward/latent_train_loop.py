@@ -1,6 +1,6 @@
 """Ray Train per-worker loop for the Flow-NRG latent reward model (BT / BTT on noisy latents of pairs).
 
-Both videos of a pair are noised with the SAME ``t`` and ``eps`` (ALGORITHMS.md section 3), so the head learns
+Both videos of a pair are noised with the SAME ``t`` and ``eps`` (docs/algorithms.md section 3), so the head learns
 what separates them at that noise level. ``noise="clean"`` trains at ``t = 0`` only: the paper's ablation.
 """
 

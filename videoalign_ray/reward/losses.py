@@ -1,4 +1,4 @@
-"""Reward-model losses as pure tensor functions (ALGORITHMS.md section 4).
+"""Reward-model losses as pure tensor functions (docs/algorithms.md section 4).
 
 Rewards ``r_a``, ``r_b``: ``(B, D)`` float (D = 3 dimensions VQ, MQ, TA). Labels ``(B, D)`` int:
 +1 = A better, -1 = B better, 0 = tie; anything else (e.g. -100) is invalid and masked out.

@@ -1,4 +1,4 @@
-"""VideoGen-RewardBench accuracies (ALGORITHMS.md section 4; Deutsch et al. 2023, "Ties Matter", Alg. 1).
+"""VideoGen-RewardBench accuracies (docs/algorithms.md section 4; Deutsch et al. 2023, "Ties Matter", Alg. 1).
 
 ``m = r_A - r_B`` (model margin) and ``h`` in {+1, -1, 0} (human label), both shape ``(N,)``. NumPy only.
 """

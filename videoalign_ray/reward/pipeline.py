@@ -1,6 +1,6 @@
 """Ray Data for VideoReward: preference rows -> decoded, resized frames of both videos -> training rows.
 
-Videos are sampled at ``fps`` (ALGORITHMS.md section 4: 2 fps, even count clamped to [4, 768]) and resized
+Videos are sampled at ``fps`` (docs/algorithms.md section 4: 2 fps, even count clamped to [4, 768]) and resized
 to the pixel budget in multiples of 28. Rows keep ragged uint8 frames ``(T, H, W, 3)`` per video, the
 caption and the per-dimension labels ``(3,)`` int64 (+1 A better, -1 B better, 0 tie, -100 unlabelled).
 A video that fails to decode rejects its row with the decoder's reason.

@@ -1,7 +1,7 @@
 """VideoReward inputs without the hub or torchvision: prompt template, tokenizer, video patchification.
 
 The prompt places the three reward tokens so that VQ and MQ come before the caption and TA after it
-(ALGORITHMS.md section 4: under causal attention VQ and MQ never see the caption). Videos are patchified
+(docs/algorithms.md section 4: under causal attention VQ and MQ never see the caption). Videos are patchified
 exactly like transformers' ``Qwen2VLVideoProcessor`` (rescale 1/255, CLIP mean/std, temporal patch 2, patch 14,
 merge 2), producing ``pixel_values_videos`` ``(sum of patches, 3*2*14*14)`` float32 and ``video_grid_thw``
 ``(n_videos, 3)`` int64; text inputs carry ``mm_token_type_ids`` (2 on video tokens), which recent

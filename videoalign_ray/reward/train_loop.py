@@ -103,7 +103,7 @@ def score_margins(model, proc, rows: list[dict], device, batch: int = 8) -> tupl
 
 def accuracy_table(ra: np.ndarray, rb: np.ndarray, labels: np.ndarray,
                    overall_labels: np.ndarray | None = None) -> dict[str, float]:
-    """Accuracy with/without ties per dimension and Overall (ALGORITHMS.md section 4, Metrics).
+    """Accuracy with/without ties per dimension and Overall (docs/algorithms.md section 4, Metrics).
 
     ``ra``, ``rb``: raw rewards ``(N, 3)`` of videos A and B; ``labels``: ``(N, 3)`` int in {+1, -1, 0},
     -100 = missing. The Overall score is the sum over dimensions of rewards normalised by the mean/std of

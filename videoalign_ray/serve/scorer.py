@@ -1,7 +1,7 @@
 """The in-process reward scorer shared by the Serve replicas, the benchmark and local callers (no Ray here).
 
 ``RewardScorer.score(frames_list, prompts)`` runs one batched forward pass of a VideoReward checkpoint and
-returns normalised VQ / MQ / TA and ``Overall = VQ + MQ + TA`` per video (ALGORITHMS.md section 4).
+returns normalised VQ / MQ / TA and ``Overall = VQ + MQ + TA`` per video (docs/algorithms.md section 4).
 Optional: a latent reward checkpoint for Flow-NRG ``guide`` calls.
 """
 

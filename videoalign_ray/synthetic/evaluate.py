@@ -2,7 +2,8 @@
 
 Both generators sample the same prompts with the same noise (seeds), so a per-sample comparison isolates
 the effect of training. Win rate of A over B on a dimension = mean over samples of 1 (A scores higher),
-0.5 (equal) or 0; its 95% interval is the normal approximation over those per-sample outcomes.
+0.5 (equal) or 0; its 95% interval is a bootstrap over prompts (the samples of one prompt are not
+independent), or the Wilson interval when no prompt grouping is given.
 """
 
 from __future__ import annotations
@@ -20,19 +21,44 @@ from videoalign_ray.synthetic.world import Scene
 DIMS = ("VQ", "MQ", "TA")
 
 
-def win_rate(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Win rate of ``a`` over ``b`` (paired scores, shape (N,)) with a 95% normal interval (lo, hi).
+Z95 = 1.959964
+
+
+def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` samples; always inside [0, 1]."""
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def win_rate(a: np.ndarray, b: np.ndarray, clusters=None, *, n_boot: int = 2000,
+             seed: int = 0) -> tuple[float, float, float]:
+    """Win rate of ``a`` over ``b`` (paired scores, shape ``(N,)``; ties count 1/2) and its 95% interval.
+
+    ``clusters`` (length N, e.g. each sample's prompt): percentile bootstrap that resamples whole clusters
+    (``n_boot`` resamples, seeded), since samples of one prompt are correlated and N of them are not N
+    independent trials. Without clusters, or with a single cluster: the Wilson score interval over N.
+    Both intervals lie in [0, 1]. Returns ``(rate, lo, hi)``.
 
     Raises:
-        ValueError: shapes differ or are empty.
+        ValueError: shapes differ or are empty, or ``clusters`` has another length.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired scores must have the same non-empty shape, got {a.shape} and {b.shape}")
     outcome = np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
-    mean = float(outcome.mean())
-    half = 1.96 * float(outcome.std(ddof=1)) / math.sqrt(len(outcome)) if len(outcome) > 1 else float("inf")
-    return mean, mean - half, mean + half
+    rate = float(outcome.mean())
+    if clusters is None or len(set(clusters)) < 2:
+        return (rate, *wilson_interval(rate, outcome.size))
+    if len(clusters) != outcome.size:
+        raise ValueError(f"clusters has {len(clusters)} entries for {outcome.size} samples")
+    _, group = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    sums, counts = np.bincount(group, weights=outcome), np.bincount(group).astype(float)
+    pick = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
+    rates = sums[pick].sum(1) / counts[pick].sum(1)
+    lo, hi = np.percentile(rates, [2.5, 97.5])
+    return rate, float(lo), float(hi)
 
 
 @dataclass(frozen=True)
@@ -113,7 +139,8 @@ def compare_generators(
     result = {
         "n": len(rows),
         "win_rate": {d: win_rate(np.array([x[f"policy_{d}"] for x in rows]),
-                                 np.array([x[f"reference_{d}"] for x in rows])) for d in DIMS},
+                                 np.array([x[f"reference_{d}"] for x in rows]), [x["prompt"] for x in rows])
+                     for d in DIMS},
         "policy_mean": {d: float(np.mean([x[f"policy_{d}"] for x in rows])) for d in DIMS},
         "reference_mean": {d: float(np.mean([x[f"reference_{d}"] for x in rows])) for d in DIMS},
         "scores": rows,
