@@ -36,6 +36,8 @@ def test_default_job_then_resume(tmp_path):
     s1 = run_flow_job(_cfg(out))
     assert s1["steps"] == 4 and s1["pairs_used"] > 0 and s1["rejects"] == 0
     assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()  # diffusers' LoRA format
+    assert json.loads((out / "final" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     assert (out / "final" / "config.yaml").is_file() and (out / "rejects.csv").is_file()
     assert len(s1["samples"]) == 2 and all(Path(p).stat().st_size > 0 for p in s1["samples"])
     client, run = _mlflow_run(s1)

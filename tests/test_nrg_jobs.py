@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from videoalign_ray.config import validate_config
+from videoalign_ray.errors import ConfigError
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
@@ -66,8 +67,8 @@ def test_latent_reward_job_then_guided_generation(tmp_path):
     assert table["gt_TA"].notna().sum() == 2  # ground truth only for the world's prompt
     assert all((tmp_path / "gen" / "videos").joinpath(p.split("/")[-1]).stat().st_size > 0 for p in table["path"])
     assert json.loads((tmp_path / "gen" / "summary.json").read_text())["videos"] == 4
-    with pytest.raises(ValueError, match="needs exactly one of --latent-reward"):
-        run_generate(validate_config(GenerateConfig, dict(output_dir=str(tmp_path / "g2"), guidance_scale=1.0)))
+    with pytest.raises(ConfigError, match="needs exactly one of latent_reward"):  # refused by the config
+        validate_config(GenerateConfig, dict(output_dir=str(tmp_path / "g2"), guidance_scale=1.0))
 
 
 def test_training_rows_follow_the_table_order(tmp_path):
