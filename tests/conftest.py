@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Serve autoscaling from replica-side metrics: Ray restarts per test module in this one process, and the
+# handle-side metrics pusher of this process can be left pointing at an earlier Ray session ("owner is
+# unknown"), after which the controller never saw load and the autoscaling test did not scale up (CI).
+os.environ.setdefault("RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE", "0")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VIDEOALIGN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -145,17 +145,18 @@ def test_autoscaling_scales_up_under_load_and_back_down(world):
         while time.monotonic() < deadline and running() < 2:
             time.sleep(0.5)
         seen.append(running())
-    finally:
         stop.set()
         for th in threads:
             th.join(timeout=30)
-    assert seen == [2], (f"did not scale up: {serve.status().applications['autoscale']}; "
-                         f"free resources {ray.available_resources()}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and running() != 1:
-        time.sleep(0.5)
-    assert running() == 1, f"did not scale down: {serve.status().applications['autoscale']}"
-    serve.delete("autoscale")
+        assert seen == [2], (f"did not scale up: {serve.status().applications['autoscale']}; "
+                             f"free resources {ray.available_resources()}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and running() != 1:
+            time.sleep(0.5)
+        assert running() == 1, f"did not scale down: {serve.status().applications['autoscale']}"
+    finally:  # a failure here must not leave replicas behind for the next test to count
+        stop.set()
+        serve.delete("autoscale")
 
 
 def test_load_with_malformed_requests_and_a_killed_replica(world, served):
