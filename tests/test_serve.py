@@ -245,7 +245,7 @@ def test_remote_guide_equals_local_guide(world, tiny_model_dir, tmp_path):
 
 
 def test_serve_reward_job_deploys_and_reports(tmp_path, world):
-    """jobs/serve_reward.py's function: refuses to serve without a checkpoint; with --allow-untrained deploys
+    """jobs/serve_reward.py's config refuses to serve without a checkpoint; with --allow-untrained the job deploys
     the untrained tiny model, stays up, answers on 127.0.0.1."""
     from ray import serve
 
@@ -255,8 +255,8 @@ def test_serve_reward_job_deploys_and_reports(tmp_path, world):
 
     base = dict(output_dir=str(tmp_path / "job"), port=PORT, app_name="jobapp", route_prefix="/jobapp",
                 run_seconds=1, num_cpus=0.5, data_roots=world["root"])
-    with pytest.raises(ConfigError, match="--allow-untrained"):
-        run_serve_reward(validate_config(ServeRewardConfig, base))
+    with pytest.raises(ConfigError, match="--allow-untrained"):  # refused by the config, before any work
+        validate_config(ServeRewardConfig, base)
     assert not (tmp_path / "job" / "untrained").exists()
     cfg = validate_config(ServeRewardConfig, {**base, "allow_untrained": True})
     summary = run_serve_reward(cfg)

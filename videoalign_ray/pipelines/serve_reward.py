@@ -10,10 +10,10 @@ import logging
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from videoalign_ray.config import RuntimeSection
-from videoalign_ray.errors import ConfigError, ModelPathError
+from videoalign_ray.errors import ModelPathError
 from videoalign_ray.runtime.job import job_run
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,14 @@ class ServeRewardConfig(RuntimeSection):
     max_upload_mb: float = Field(64.0, gt=0, description="Upload / body size limit (MiB): 413 above it.")
     run_seconds: float = Field(0.0, ge=0, description="Stop after this long (0 = until Ctrl-C).")
 
+    @model_validator(mode="after")
+    def _checkpoint_or_allow_untrained(self) -> ServeRewardConfig:
+        if not self.checkpoint and not self.allow_untrained:
+            raise ValueError("no checkpoint: give --checkpoint DIR (a VideoReward checkpoint; jobs/train_reward.py "
+                             "writes <output-dir>/final), or --allow-untrained to serve an untrained tiny model for "
+                             "smoke tests")
+        return self
+
 
 def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
     """Start Serve (HTTP on ``host:port``) and run the app; returns ``(DeploymentHandle, base URL)``."""
@@ -52,9 +60,6 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
     from videoalign_ray.serve.app import build_app
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
 
-    if not cfg.checkpoint and not cfg.allow_untrained:
-        raise ConfigError("no --checkpoint: give a VideoReward checkpoint (jobs/train_reward.py writes "
-                          "<output-dir>/final), or --allow-untrained to serve an untrained tiny model for smoke tests")
     if cfg.checkpoint and not (Path(cfg.checkpoint) / "reward_config.json").is_file():
         raise ModelPathError(f"--checkpoint {cfg.checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
     init_ray()
