@@ -325,6 +325,26 @@ def test_serve_config_file_deploys_and_reconfigures_without_restart(world, tmp_p
     swapped = score_all()
     assert all(r["model"].startswith("other@") for r in swapped)
     assert any(abs(a["Overall"] - b["Overall"]) > 1e-3 for a, b in zip(first, swapped, strict=True))
+    # A checkpoint that does not load: refused in reconfigure(), the old model keeps serving, /healthz tells.
+    dep["user_config"] = {"max_batch_size": 8, "checkpoint": str(tmp_path / "no_such_checkpoint")}
+    deploy_and_wait()
+    assert replicas() == before
+    health = httpx.get(f"{URL}/healthz", timeout=30).json()
+    assert "not a VideoReward checkpoint" in health["reconfigure_error"], health
+    assert "no_such_checkpoint" not in health["reconfigure_error"]  # no server path in a public answer
+    assert all(r["model"].startswith("other@") for r in score_all())
+    # The same in args: app_builder refuses it, the app reports DEPLOY_FAILED, the running replicas keep serving.
+    app["args"]["checkpoint"] = str(tmp_path / "no_such_checkpoint")
+    client.deploy_apps(ServeDeploySchema.model_validate(conf), _blocking=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not str(serve.status().applications["videoreward"].status).endswith("FAILED"):
+        time.sleep(0.5)
+    status = serve.status().applications["videoreward"]
+    assert str(status.status).endswith("DEPLOY_FAILED") and "not a VideoReward checkpoint" in status.message
+    assert replicas() == before
+    path, prompt = world["videos"][0]
+    resp = httpx.post(f"{URL}/score", json={"path": path, "prompt": prompt}, timeout=30)  # HTTP still routes
+    assert resp.status_code == 200 and resp.json()["model"].startswith("other@"), resp.text
     serve.delete("videoreward")
 
 

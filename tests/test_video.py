@@ -102,3 +102,54 @@ def test_write_mp4_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_mp4(tmp_path / "y.mp4", np.zeros((2, 15, 16, 3), np.uint8))
     assert not (tmp_path / "y.mp4").exists()
+
+
+def _still(path, size, rate):
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for p in s.encode(av.VideoFrame.from_ndarray(np.full((size, size, 3), 90, np.uint8), format="rgb24")):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_limits_refuse_before_decoding_and_repeats_are_views(tmp_path):
+    """One 2048x2048 frame at 1/96 fps: the default (training) limits decode it once and repeat it as a view
+    (192 frames at 2 fps cost one frame's memory); tight limits refuse it from the header, naming the limit."""
+    from videoalign_ray.data.video import DecodeLimits, VideoLimitError
+
+    path = _still(tmp_path / "still.mp4", 2048, Fraction(1, 96))
+    v = load_video(path, target_fps=2.0)
+    assert v.frames.shape == (192, 2048, 2048, 3) and len(v.distinct) == 1
+    assert np.shares_memory(v.frames, v.distinct)
+    cases = {"pixels per frame": DecodeLimits(max_frame_pixels=2048 * 2047),
+             "duration": DecodeLimits(max_duration_s=95.0),
+             "sampled frame count": DecodeLimits(max_sampled_frames=191),
+             "decoded size": DecodeLimits(max_decoded_bytes=2048 * 2048 * 3 - 1)}
+    for what, limits in cases.items():
+        with pytest.raises(VideoLimitError, match=what.split()[0]):
+            load_video(path, target_fps=2.0, limits=limits)
+
+
+def test_containers_that_open_other_files_are_refused(tmp_path):
+    """ffconcat / HLS playlists next to a real video: FFmpeg would follow them, our decoder refuses them, and a
+    training row holding one is rejected with the reason (the other video of the pair is not the reason)."""
+    from videoalign_ray.reward.pipeline import FrameSpec, _decode_pair
+
+    write_mp4(tmp_path / "real.mp4", np.zeros((4, 32, 32, 3), np.uint8))
+    scripts = {"concat.mp4": "ffconcat version 1.0\nfile 'real.mp4'\n",
+               "playlist.mp4": "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nreal.mp4\n#EXT-X-ENDLIST\n"}
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(VideoDecodeError, match="not a video container|cannot open video"):
+            load_video(tmp_path / name, num_frames=4)
+    with av.open(str(tmp_path / "concat.mp4")) as c:  # the attack is real with FFmpeg's default demuxers
+        assert c.format.name == "concat"
+    row = {"idx": 0, "row": 3, "path_a": str(tmp_path / "real.mp4"), "path_b": str(tmp_path / "concat.mp4"),
+           "caption": "x", "labels": np.zeros(3, np.int64)}
+    out = _decode_pair(row, FrameSpec(fps=2.0, min_pixels=56 * 56, max_pixels=56 * 56))
+    assert out["error_column"] == "rejected" and "not a video container" in out["error"]
+    assert len(out["frames_a"]) > 0

@@ -8,6 +8,10 @@ PyAV is used instead of decord when the probe shows something decord is known to
 (see ../shared/data/odd-encodings/MANIFEST.csv): GIF, several video streams (the two pick different
 ones; we take the first), pixel formats other than 8-bit 4:2:0, tiny frames, AV1; and whenever decord
 raises or returns frames of the wrong shape.
+
+Untrusted bytes (uploads, any dataset) are opened with an allow-list of demuxers that never open other
+files (no concat, HLS, DASH, SDP, image2 patterns; ``file:`` protocol only) and checked against
+:class:`DecodeLimits` (resolution, duration, frame counts, decoded bytes) before any frame is allocated.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from videoalign_ray.data.encode import write_mp4  # noqa: F401 - re-exported: the decoder's counterpart
+from videoalign_ray.data.sampling import sample_indices
 
 try:  # decord ships x86-64 wheels only
     import decord
@@ -31,10 +38,41 @@ _DECORD_PIX_FMTS = {"yuv420p", "yuvj420p"}
 # FFmpeg "decodes" text files as ANSI art through its tty demuxer: that is not a video.
 _NOT_VIDEO_FORMATS = {"tty"}
 _NOT_VIDEO_CODECS = {"ansi", "text", "bintext", "xbin", "idf"}
+# Demuxers that read only the bytes of the file they are given. Everything else (concat, hls, dash, sdp,
+# image2 and its pattern matching, tee, ...) is refused before FFmpeg picks it; "file" is the only protocol.
+ALLOWED_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "gif", "mpegts", "flv", "ogg")
+_OPEN_OPTIONS = {"format_whitelist": ",".join(ALLOWED_FORMATS), "protocol_whitelist": "file"}
 
 
 class VideoDecodeError(RuntimeError):
     """The file cannot be decoded into frames; the message names the path and the cause."""
+
+
+class VideoLimitError(VideoDecodeError):
+    """The video is readable but over a :class:`DecodeLimits` limit (checked before decoding frames)."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Caps checked from the container's header before any frame is allocated.
+
+    ``max_frame_pixels``: coded width x height of one frame. ``max_duration_s``: seconds of video.
+    ``max_source_frames``: frames the container holds (or that are counted by decoding when it does not
+    say). ``max_sampled_frames``: frames a sampler may ask for (repeats included). ``max_decoded_bytes``:
+    bytes of the distinct decoded RGB frames (repeated frames are views and cost nothing).
+    The defaults are generous (training data); the reward service passes tighter ones.
+    """
+
+    max_frame_pixels: int = 8192 * 4320
+    max_duration_s: float = 4 * 3600.0
+    max_source_frames: int = 1_000_000
+    max_sampled_frames: int = 4096
+    max_decoded_bytes: int = 8 << 30
+
+
+def _open(path: str):
+    """``av.open`` for reading untrusted files: allow-listed demuxers, ``file`` protocol only."""
+    return av.open(path, options=dict(_OPEN_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -78,15 +116,18 @@ class VideoInfo:
         return 0
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Read stream metadata with PyAV (decodes one frame for the rotation flag).
+def probe(path: str | Path, limits: DecodeLimits | None = None) -> VideoInfo:
+    """Read stream metadata with PyAV (decodes one frame for the rotation flag, after the size check).
 
     Raises:
-        VideoDecodeError: not a readable video (missing file, no video stream, no decodable frame).
+        VideoDecodeError: not a readable video (missing file, a demuxer outside :data:`ALLOWED_FORMATS`, no
+            video stream, no decodable frame).
+        VideoLimitError: a frame larger than ``limits.max_frame_pixels``.
     """
     path = str(path)
+    limits = limits or DecodeLimits()
     try:
-        with av.open(path) as container:
+        with _open(path) as container:
             streams = container.streams.video
             if not streams:
                 raise VideoDecodeError(f"{path}: no video stream")
@@ -96,6 +137,9 @@ def probe(path: str | Path) -> VideoInfo:
                 raise VideoDecodeError(
                     f"{path}: not a video (FFmpeg reads it as {container.format.name}/{cc.name}, e.g. a text file)"
                 )
+            if cc.width * cc.height > limits.max_frame_pixels:
+                raise VideoLimitError(f"{path}: frame of {cc.width}x{cc.height} pixels is over the limit of "
+                                      f"{limits.max_frame_pixels} pixels per frame")
             rate = s.average_rate or s.guessed_rate or s.base_rate
             fps = float(rate) if rate else 0.0
             if s.duration is not None and s.time_base is not None:
@@ -127,44 +171,11 @@ def probe(path: str | Path) -> VideoInfo:
             )
     except VideoDecodeError:
         raise
+    except av.error.ArgumentError as exc:  # what FFmpeg says when only refused demuxers match
+        raise VideoDecodeError(f"{path}: not a video container this service reads (allowed: "
+                               f"{', '.join(f.split(',')[0] for f in ALLOWED_FORMATS)}) ({exc.strerror})") from exc
     except Exception as exc:  # noqa: BLE001 - PyAV raises many error types; report them all with the path
         raise VideoDecodeError(f"{path}: cannot open video ({type(exc).__name__}: {exc})") from exc
-
-
-def sample_indices(
-    total_frames: int,
-    video_fps: float,
-    *,
-    target_fps: float | None = 2.0,
-    num_frames: int | None = None,
-    min_frames: int = 4,
-    max_frames: int = 768,
-    frame_factor: int = 2,
-) -> np.ndarray:
-    """Uniform frame indices (docs/algorithms.md section 4; Qwen2-VL's ``fetch_video``).
-
-    With ``num_frames`` set, exactly that many indices spread uniformly over the clip. Otherwise
-    ``total_frames / video_fps * target_fps`` frames, rounded to a multiple of ``frame_factor`` and clamped
-    to ``[min_frames, max_frames]``, then ``round(linspace(0, total_frames - 1, n))``. Indices repeat when the
-    clip has fewer frames than asked for.
-
-    Returns:
-        int64 array of shape (n,), non-decreasing, within ``[0, total_frames - 1]``.
-
-    Raises:
-        ValueError: ``total_frames < 1``.
-    """
-    if total_frames < 1:
-        raise ValueError(f"total_frames must be >= 1, got {total_frames}")
-    if num_frames is not None:
-        n = int(num_frames)
-    else:
-        fps = video_fps if video_fps > 0 else (target_fps or 1.0)
-        n = total_frames / fps * (target_fps or fps)
-        n = int(round(n / frame_factor) * frame_factor)
-        n = min(max(n, min_frames), max_frames)
-        n = max(frame_factor, (n // frame_factor) * frame_factor)
-    return np.linspace(0, total_frames - 1, n).round().astype(np.int64)
 
 
 def _use_decord(info: VideoInfo) -> bool:
@@ -187,6 +198,7 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _decode_decord(info: VideoInfo, indices: np.ndarray) -> np.ndarray:
+    """Frames at ``indices`` (distinct, increasing)."""
     vr = decord.VideoReader(info.path, num_threads=0)  # 0 = decord picks (like PyAV AUTO)
     n = len(vr)
     if n != info.num_frames:
@@ -198,21 +210,25 @@ def _decode_decord(info: VideoInfo, indices: np.ndarray) -> np.ndarray:
 
 
 def _decode_pyav(info: VideoInfo, indices: np.ndarray) -> tuple[np.ndarray, int]:
-    """Decode sequentially, converting only the wanted frames. Returns (frames, frames decoded)."""
-    wanted: dict[int, int] = {}
-    for idx in indices.tolist():
-        wanted[idx] = wanted.get(idx, 0) + 1
+    """Decode sequentially, converting only the frames at ``indices`` (distinct, increasing).
+
+    Returns (frames, frames decoded); fewer frames than indices when the stream ends early.
+    """
+    wanted = set(indices.tolist())
     last = int(indices.max())
     out: list[np.ndarray] = []
     count = 0
-    with av.open(info.path) as container:
+    with _open(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         with contextlib.suppress(av.error.InvalidDataError, av.error.EOFError):
             for frame in container.decode(stream):
                 if count in wanted:
                     arr = frame.to_ndarray(format="rgb24")
-                    out.extend([arr] * wanted[count])
+                    if arr.shape[:2] != (info.height, info.width):  # a mid-stream size change: refuse, do not grow
+                        raise VideoDecodeError(f"frame {count} is {arr.shape[1]}x{arr.shape[0]}, the stream "
+                                               f"header says {info.width}x{info.height}")
+                    out.append(arr)
                 count += 1
                 if count > last:
                     break
@@ -221,24 +237,66 @@ def _decode_pyav(info: VideoInfo, indices: np.ndarray) -> tuple[np.ndarray, int]
     return np.stack(out), count
 
 
-def _count_frames_pyav(path: str) -> int:
+def _count_frames_pyav(path: str, limit: int) -> int:
+    """Frames decodable from the stream, counted by decoding; stops (and raises) past ``limit``."""
     count = 0
-    with av.open(path) as container, contextlib.suppress(av.error.InvalidDataError, av.error.EOFError):
+    with _open(path) as container, contextlib.suppress(av.error.InvalidDataError, av.error.EOFError):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for _ in container.decode(stream):
             count += 1
+            if count > limit:
+                raise VideoLimitError(f"{path}: more than {limit} frames (max_source_frames)")
     return count
 
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    """Frames ``(T, H, W, 3)`` uint8 in display orientation, the source indices, the probe and backend."""
+    """Sampled frames in display orientation, the source indices, the probe and the backend.
 
-    frames: np.ndarray
+    ``distinct``: uint8 ``(U, H, W, 3)``, one per distinct source index; ``inverse``: int64 ``(T,)`` maps each
+    sampled position to its row of ``distinct`` (a sampler repeats frames of short clips).
+    """
+
+    distinct: np.ndarray
+    inverse: np.ndarray
     indices: np.ndarray
     info: VideoInfo
     backend: str
+
+    @property
+    def frames(self) -> np.ndarray:
+        """uint8 ``(T, H, W, 3)``: a read-only broadcast view when one frame is repeated, else a copy."""
+        return expand_frames(self.distinct, self.inverse)
+
+
+def expand_frames(distinct: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """``distinct[inverse]`` without copying when every position shows the same frame (a view then)."""
+    if len(distinct) == 1:
+        return np.broadcast_to(distinct, (len(inverse), *distinct.shape[1:]))
+    if len(inverse) == len(distinct) and np.array_equal(inverse, np.arange(len(distinct))):
+        return distinct
+    return distinct[inverse]
+
+
+def check_limits(info: VideoInfo, total_frames: int, sampled: np.ndarray, limits: DecodeLimits) -> None:
+    """Refuse, before decoding, what would exceed ``limits`` (see :class:`DecodeLimits`).
+
+    Raises:
+        VideoLimitError: naming the limit and the value that broke it.
+    """
+    def over(what: str, value, limit) -> VideoLimitError:
+        return VideoLimitError(f"{info.path}: {what} {value} is over the limit of {limit}")
+
+    if info.duration_s > limits.max_duration_s:
+        raise over("duration (s)", round(info.duration_s, 3), limits.max_duration_s)
+    if total_frames > limits.max_source_frames:
+        raise over("frame count", total_frames, limits.max_source_frames)
+    if len(sampled) > limits.max_sampled_frames:
+        raise over("sampled frame count", len(sampled), limits.max_sampled_frames)
+    decoded = len(np.unique(sampled)) * info.width * info.height * 3
+    if decoded > limits.max_decoded_bytes:
+        raise over("decoded size (bytes)", decoded, limits.max_decoded_bytes)
 
 
 def load_video(
@@ -249,6 +307,7 @@ def load_video(
     min_decoded_fraction: float = 0.5,
     max_frames: int = 768,
     backend: str = "auto",
+    limits: DecodeLimits | None = None,
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video (see :func:`sample_indices`).
 
@@ -261,24 +320,29 @@ def load_video(
         max_frames: upper clamp for the fps-based count.
         backend: ``auto`` (decord where it is safe, else PyAV), ``pyav`` (always PyAV) or ``decord``
             (decord where it is safe, with no fallback: for benchmarks).
+        limits: checked before decoding (default :class:`DecodeLimits`).
 
     Raises:
-        VideoDecodeError: unreadable, empty, or truncated beyond ``min_decoded_fraction``.
+        VideoDecodeError: unreadable, a refused container, empty, or truncated beyond ``min_decoded_fraction``.
+        VideoLimitError: over ``limits`` (a subclass of VideoDecodeError).
     """
-    info = probe(path)
+    limits = limits or DecodeLimits()
+    info = probe(path, limits)
     total = info.claimed_frames
     if total <= 0:  # no duration, no frame count: count by decoding (one extra pass)
-        total = _count_frames_pyav(info.path)
+        total = _count_frames_pyav(info.path, limits.max_source_frames)
         if total <= 0:
             raise VideoDecodeError(f"{info.path}: no decodable frame")
     indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames)
+    check_limits(info, total, indices, limits)
     if backend not in ("auto", "pyav", "decord"):
         raise ValueError(f"unknown backend {backend!r}")
+    distinct, inverse = np.unique(indices, return_inverse=True)
     used = "pyav"
     frames = None
     if backend != "pyav" and _use_decord(info):
         try:
-            frames = _decode_decord(info, indices)
+            frames = _decode_decord(info, distinct)
             used = "decord"
         except Exception as exc:  # noqa: BLE001 - any decord failure falls back to PyAV
             if backend == "decord":
@@ -288,12 +352,12 @@ def load_video(
         raise VideoDecodeError(f"{info.path}: decord is unsafe for {info.codec}/{info.pix_fmt}/{info.container}")
     if frames is None:
         try:
-            frames, decoded = _decode_pyav(info, indices)
+            frames, decoded = _decode_pyav(info, distinct)
         except VideoDecodeError as exc:
             raise VideoDecodeError(f"{info.path}: {exc}") from None
         except Exception as exc:  # noqa: BLE001
             raise VideoDecodeError(f"{info.path}: PyAV failed ({type(exc).__name__}: {exc})") from exc
-        if len(frames) < len(indices):  # stream ended early: the container over-claims its length
+        if len(frames) < len(distinct):  # stream ended early: the container over-claims its length
             # Only a stated frame count is a promise; a duration-based estimate (MPEG-TS) is not.
             if info.num_frames > 0 and decoded < min_decoded_fraction * total:
                 raise VideoDecodeError(
@@ -303,39 +367,9 @@ def load_video(
             indices = sample_indices(
                 decoded, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames
             )
-            frames, _ = _decode_pyav(info, indices)
-    return DecodedVideo(frames=_rotate(frames, info.rotation), indices=indices, info=info, backend=used)
-
-
-
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int = 18, lossless: bool = False) -> Path:
-    """Encode uint8 frames ``(T, H, W, 3)`` as H.264 mp4 (yuv420p) atomically; H and W must be even.
-
-    ``lossless=True`` (x264 ``qp=0``) makes the decoded pixels a pure function of ``frames``. In CRF mode the
-    same frames encoded in two processes that had imported Ray (which loads decord's bundled FFmpeg next to
-    PyAV's) decoded to different pixels (up to 21 levels), even with one encoder thread; datasets that must
-    be reproducible (the synthetic world) use lossless.
-
-    Raises:
-        ValueError: wrong dtype / shape or odd frame size.
-    """
-    from videoalign_ray.runtime.fileio import atomic_path
-
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=int(round(fps)))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"qp": "0"} if lossless else {"crf": str(crf)}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    return path
+            distinct, inverse = np.unique(indices, return_inverse=True)
+            frames, _ = _decode_pyav(info, distinct)
+            if len(frames) < len(distinct):
+                raise VideoDecodeError(f"{info.path}: decoded {len(frames)} frames on a second pass, {decoded} on the first")
+    return DecodedVideo(distinct=_rotate(frames, info.rotation), inverse=inverse.reshape(-1), indices=indices,
+                        info=info, backend=used)

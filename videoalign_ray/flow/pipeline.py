@@ -20,7 +20,7 @@ import ray
 from videoalign_ray.data.cache import TensorCache, prompt_key, video_key
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
-from videoalign_ray.data.video import VideoDecodeError, load_video
+from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
 
 DECODE_CPUS = 0.5
 
@@ -64,7 +64,8 @@ def _decode_row(row: dict, spec: EncodeSpec) -> dict:
             return out
         video = load_video(row["path"], num_frames=spec.num_frames, min_decoded_fraction=spec.min_decoded_fraction,
                            backend=spec.video_backend)
-        out["frames"] = resize_center_crop(video.frames, spec.height, spec.width, sar=video.info.sar)
+        small = resize_center_crop(video.distinct, spec.height, spec.width, sar=video.info.sar)
+        out["frames"] = np.ascontiguousarray(expand_frames(small, video.inverse))
         out["status"] = "decoded"
     except (VideoDecodeError, OSError, ValueError) as exc:
         out["error"] = str(exc)

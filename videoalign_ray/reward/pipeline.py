@@ -15,7 +15,7 @@ import ray
 
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_to_budget
-from videoalign_ray.data.video import VideoDecodeError, load_video
+from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
 
 INVALID = -100
 
@@ -31,11 +31,17 @@ class FrameSpec:
     factor: int = 28
 
 
-def decode_for_reward(path: str, spec: FrameSpec) -> np.ndarray:
-    """uint8 ``(T, H, W, 3)``: sampled at ``spec.fps`` and resized to the budget. Raises VideoDecodeError."""
-    v = load_video(path, target_fps=spec.fps, max_frames=spec.max_frames)
-    return resize_to_budget(v.frames, sar=v.info.sar, factor=spec.factor, min_pixels=spec.min_pixels,
-                            max_pixels=spec.max_pixels)
+def decode_for_reward(path: str, spec: FrameSpec, limits: DecodeLimits | None = None) -> np.ndarray:
+    """uint8 ``(T, H, W, 3)``: sampled at ``spec.fps`` and resized to the budget (distinct frames are resized
+    once, then repeated).
+
+    Raises:
+        VideoDecodeError: unreadable, or over ``limits`` (VideoLimitError).
+    """
+    v = load_video(path, target_fps=spec.fps, max_frames=spec.max_frames, limits=limits)
+    small = resize_to_budget(v.distinct, sar=v.info.sar, factor=spec.factor, min_pixels=spec.min_pixels,
+                             max_pixels=spec.max_pixels)
+    return np.ascontiguousarray(expand_frames(small, v.inverse))
 
 
 def labels_of(pair: PreferencePair) -> np.ndarray:

@@ -101,19 +101,53 @@ class VideoRewardProcessor:
     def video_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
 
+    def special_strings(self) -> list[str]:
+        """Every string the tokenizer would read as a control token (special and added tokens)."""
+        return sorted(set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab()))
+
+    def caption_ids(self, caption: str) -> list[int]:
+        """Token ids of ``caption`` as plain text: special-token strings in it are split like any text.
+
+        Raises:
+            ValueError: the caption is not valid Unicode text (e.g. a lone surrogate).
+        """
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"prompt is not valid Unicode ({exc.reason} at character {exc.start})") from None
+        return self.tokenizer(caption, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def encode_text(self, video_tokens: int, caption: str) -> list[int]:
+        """Token ids of the reward template with ``video_tokens`` video pads and ``caption``.
+
+        A caption holding no control-token string is tokenized inside the full template (the tokenization the
+        checkpoints were trained with); one that does (``<|video_pad|>``, ``<|im_end|>``, ...) is tokenized
+        on its own with special tokens split, so text can never become control tokens.
+
+        Raises:
+            ValueError: the caption is not valid Unicode text.
+        """
+        caption_ids = self.caption_ids(caption)  # validates the text either way
+        text = TEMPLATE.format(video="<|video_pad|>" * video_tokens, caption="{caption}")
+        if not any(tok in caption for tok in self.special_strings()):
+            return self.tokenizer(text.replace("{caption}", caption), add_special_tokens=False)["input_ids"]
+        head, tail = text.split("{caption}")
+        enc = self.tokenizer([head, tail], add_special_tokens=False)["input_ids"]
+        return enc[0] + caption_ids + enc[1]
+
     def __call__(self, videos: list[np.ndarray], captions: list[str]) -> dict[str, torch.Tensor]:
         """Batch inputs: input_ids / attention_mask / mm_token_type_ids ``(B, L)``, pixel_values_videos,
         video_grid_thw ``(B, 3)``. Text is right-padded."""
         if len(videos) != len(captions):
             raise ValueError(f"{len(videos)} videos but {len(captions)} captions")
-        patches, grids, texts = [], [], []
+        patches, grids, ids = [], [], []
         merge = self.merge_size**2
         for frames, caption in zip(videos, captions, strict=True):
             p, g = patchify(frames, self.patch_size, self.temporal_patch_size, self.merge_size)
             patches.append(p)
             grids.append(g)
-            texts.append(TEMPLATE.format(video="<|video_pad|>" * (g[0] * g[1] * g[2] // merge), caption=caption))
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+            ids.append(self.encode_text(g[0] * g[1] * g[2] // merge, caption))
+        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
         mm = (enc["input_ids"] == self.video_token_id).long() * 2
         return {
             "input_ids": enc["input_ids"],

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoalign_ray.data.video import VideoDecodeError
+from videoalign_ray.data.video import DecodeLimits, VideoDecodeError
 from videoalign_ray.errors import ModelPathError
 
 DIMS = ("VQ", "MQ", "TA")
@@ -46,18 +46,26 @@ class RewardScorer:
 
             self.latent = load_latent_reward(latent_reward).to(device).requires_grad_(False)
 
-    def decode(self, path: str | Path) -> np.ndarray:
+    def decode(self, path: str | Path, limits: DecodeLimits | None = None) -> np.ndarray:
         """uint8 ``(T, H, W, 3)`` frames of a video file at the checkpoint's fps and pixel budget.
 
         Raises:
-            VideoDecodeError: the file is not a decodable video.
+            VideoDecodeError: the file is not a decodable video; VideoLimitError: over ``limits``.
         """
         from videoalign_ray.reward.pipeline import decode_for_reward
 
         try:
-            return decode_for_reward(str(path), self.spec)
+            return decode_for_reward(str(path), self.spec, limits)
         except (OSError, ValueError) as exc:
             raise VideoDecodeError(f"{path}: {exc}") from exc
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt`` as plain text (special-token strings are text, never control tokens).
+
+        Raises:
+            ValueError: not valid Unicode.
+        """
+        return len(self.proc.caption_ids(prompt))
 
     def prepare(self, frames: np.ndarray) -> np.ndarray:
         """Frames given directly (uint8 ``(T, H, W, 3)``) resized to the pixel budget like decoded ones.
