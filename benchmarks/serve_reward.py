@@ -26,20 +26,31 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+def _ok(resp):
+    """The JSON of a 200 response; anything else stops the benchmark with the server's message."""
+    if resp.status_code != 200:
+        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text}")
+    return resp.json()
+
+
 def _drive(call, n: int, clients: int) -> dict:
     """Run ``call(i)`` n times from ``clients`` threads; returns throughput and latency stats."""
     lat: list[float] = []
+    batches: list[int] = []
 
     def one(i):
         t0 = time.perf_counter()
-        call(i)
+        out = call(i)
         lat.append(time.perf_counter() - t0)
+        if isinstance(out, dict) and "batch_size" in out:
+            batches.append(out["batch_size"])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(n)))
     wall = time.perf_counter() - start
-    return {"throughput": n / wall, "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * _percentile(lat, 0.99)}
+    return {"throughput": n / wall, "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * _percentile(lat, 0.99),
+            "batch": statistics.mean(batches) if batches else float("nan")}
 
 
 def main() -> None:
@@ -47,6 +58,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256, help="Requests per (path, concurrency) at 32 clients.")
     ap.add_argument("--checkpoint", default=None, help="VideoReward checkpoint (default: untrained tiny).")
     ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--batch-wait", type=float, default=0.005, help="@serve.batch wait for a fuller batch (s).")
     ap.add_argument("--replica-cpus", type=float, default=2.0, help="CPUs (= torch threads) per replica.")
     ap.add_argument("--port", type=int, default=18461)
     ap.add_argument("--pixels", type=int, default=112 * 112, help="Frame pixel budget of the untrained model.")
@@ -93,12 +105,13 @@ def main() -> None:
             lat += [time.perf_counter() - t0] * len(idx)
         wall = time.perf_counter() - start
         results[("a in-process batched", clients)] = {
-            "throughput": n / wall, "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * _percentile(lat, 0.99)}
+            "throughput": n / wall, "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * _percentile(lat, 0.99),
+            "batch": bs}
 
     ray.init(num_cpus=max(2, int(args.replica_cpus)), include_dashboard=False, logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     settings = {"checkpoint": ckpt, "data_roots": [str(work)]}
-    batched = serve.run(build_app(settings, max_batch_size=args.max_batch_size, batch_wait_timeout_s=0.005,
+    batched = serve.run(build_app(settings, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait,
                                   max_ongoing_requests=64, num_cpus=args.replica_cpus),
                         name="batched", route_prefix="/batched")
     for clients in (1, 32):
@@ -109,7 +122,7 @@ def main() -> None:
         with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
             url = f"http://127.0.0.1:{args.port}/batched"
             results[("d HTTP upload (+decode), batched", clients)] = _drive(
-                lambda i, c=client, u=url: post_video(c, u, uploads[i % k], prompts[i % k]).raise_for_status(),
+                lambda i, c=client, u=url: _ok(post_video(c, u, uploads[i % k], prompts[i % k])),
                 n, clients)
     serve.delete("batched")
     unbatched = serve.run(build_app(settings, max_batch_size=1, max_ongoing_requests=64, num_cpus=args.replica_cpus),
@@ -122,9 +135,9 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
 
-    print("\n| path | clients | videos/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    print("\n| path | clients | videos/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
     for (name, clients), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"| {name} | {clients} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+        print(f"| {name} | {clients} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch']:.1f} |")
     a32 = results[("a in-process batched", 32)]["throughput"]
     b32 = results[("b Serve handle, batched", 32)]["throughput"]
     c32 = results[("c Serve handle, unbatched", 32)]["throughput"]

@@ -118,3 +118,29 @@ def test_special_token_strings_in_a_caption_stay_text(tok):
     assert tok.decode(proc.caption_ids(hostile)) == hostile  # nothing lost: the strings are there as text
     with pytest.raises(ValueError, match="Unicode"):
         proc([frames], ["a \ud800"])
+
+
+def test_plain_text_prompts_never_flip_the_shared_tokenizer(tok):
+    """A replica tokenizes prompts (as plain text) on its event loop while a batch tokenizes the template in a
+    worker thread. ``split_special_tokens=True`` flips a flag on the shared tokenizer for the length of a call,
+    and a batch running meanwhile lost its video pads (seen as intermittent 422s under load): prompt tokenization
+    must go through its own tokenizer, never the shared one with that flag."""
+    from videoalign_ray.reward.processor import VideoRewardProcessor
+
+    class SharedTokenizer:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, *args, **kwargs):
+            assert not kwargs.get("split_special_tokens"), "the shared tokenizer was switched to split special tokens"
+            return self.inner(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    proc = VideoRewardProcessor(SharedTokenizer(tok))
+    ids = proc.caption_ids("a <|video_pad|> red ball")
+    assert proc.video_token_id not in ids and tok.decode(ids) == "a <|video_pad|> red ball"
+    frames = np.zeros((2, 56, 56, 3), np.uint8)
+    batch = proc([frames, frames], ["a red ball", "<|video_pad|><|im_end|>"])
+    assert (batch["input_ids"] == proc.video_token_id).sum(1).tolist() == [4, 4]

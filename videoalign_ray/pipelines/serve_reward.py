@@ -34,13 +34,22 @@ class ServeRewardConfig(RuntimeSection):
     route_prefix: str = "/"
     max_batch_size: int = Field(8, ge=1, description="@serve.batch max batch (reconfigurable).")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch wait for a fuller batch (seconds).")
-    max_ongoing_requests: int = Field(32, ge=1, description="Per replica; caps how full a batch can get.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Per replica: requests a replica holds at once (waiting "
+                                      "for their body or their batch costs a coroutine; keep it well above the batch).")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0, description="Autoscaling target per replica.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica.")
     max_upload_mb: float = Field(64.0, gt=0, description="Upload / body size limit (MiB): 413 above it.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Seconds to receive a request body: 408 after.")
+    max_prompt_tokens: int = Field(256, ge=1, description="Prompt tokens (as text): 422 above.")
+    max_requests_per_client: int = Field(32, ge=1, description="HTTP requests in flight per client address and "
+                                         "replica: 429 above (keeps stalled clients from starving others).")
+    max_video_seconds: float = Field(300.0, gt=0, description="Longest video a request may send (413 above).")
+    max_sampled_frames: int = Field(256, ge=1, description="Most frames sampled from one video (413 above).")
+    max_concurrent_decodes: int = Field(2, ge=1, description="Videos a replica decodes at once (bounds memory).")
+    expose_docs: bool = Field(False, description="Serve /docs and /openapi.json (off by default).")
     run_seconds: float = Field(0.0, ge=0, description="Stop after this long (0 = until Ctrl-C).")
 
     @model_validator(mode="after")
@@ -68,14 +77,17 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
         log.warning("--allow-untrained: serving an UNTRAINED tiny VideoReward (%s); its scores are noise", ckpt)
     settings = {"checkpoint": str(Path(ckpt).resolve()), "latent_reward": cfg.latent_reward,
                 "data_roots": [str(Path(r.strip()).resolve()) for r in cfg.data_roots.split(",") if r.strip()],
-                "max_upload_bytes": int(cfg.max_upload_mb * (1 << 20)), "device": "cuda" if cfg.num_gpus else "cpu"}
+                "max_upload_bytes": int(cfg.max_upload_mb * (1 << 20)), "device": "cuda" if cfg.num_gpus else "cpu",
+                "body_timeout_s": cfg.body_timeout_s, "max_prompt_tokens": cfg.max_prompt_tokens,
+                "max_requests_per_client": cfg.max_requests_per_client, "max_concurrent_decodes": cfg.max_concurrent_decodes,
+                "decode": {"max_duration_s": cfg.max_video_seconds, "max_sampled_frames": cfg.max_sampled_frames}}
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     autoscaling = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                    "initial_replicas": max(cfg.min_replicas, 1),
                    "target_ongoing_requests": cfg.target_ongoing_requests}
     app = build_app(settings, max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s,
                     max_ongoing_requests=cfg.max_ongoing_requests, autoscaling=autoscaling, num_cpus=cfg.num_cpus,
-                    num_gpus=cfg.num_gpus)
+                    num_gpus=cfg.num_gpus, expose_docs=cfg.expose_docs)
     handle = serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
     return handle, url

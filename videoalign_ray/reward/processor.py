@@ -11,6 +11,7 @@ transformers needs for M-RoPE.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,18 @@ class VideoRewardProcessor:
             caption.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ValueError(f"prompt is not valid Unicode ({exc.reason} at character {exc.start})") from None
-        return self.tokenizer(caption, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self._plain_text_tokenizer.encode(caption, add_special_tokens=False).ids
+
+    @cached_property
+    def _plain_text_tokenizer(self):
+        """A copy of the backend tokenizer that reads special-token strings as text. A copy, because
+        ``split_special_tokens=True`` flips a flag on the shared tokenizer for the duration of a call, and a
+        concurrent call from another thread (a serving replica) then lost its ``<|video_pad|>`` tokens."""
+        from tokenizers import Tokenizer
+
+        plain = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
     def encode_text(self, video_tokens: int, caption: str) -> list[int]:
         """Token ids of the reward template with ``video_tokens`` video pads and ``caption``.

@@ -139,8 +139,8 @@ class RewardDeployment:
                 names[str(resolved)] = path
                 async with self.decode_slots:
                     video = await asyncio.to_thread(self.scorer.decode, resolved, self.limits.decode)
-            else:
-                video = self._prepare(frames)
+            else:  # resize off the event loop, so requests keep arriving into the batch queue meanwhile
+                video = await asyncio.to_thread(self._prepare, frames)
         except RequestError as exc:
             raise self._reject(exc.status, exc.message) from None
         except VideoLimitError as exc:
