@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256, help="Requests per (path, concurrency) at 32 clients.")
     ap.add_argument("--checkpoint", default=None, help="VideoReward checkpoint (default: untrained tiny).")
     ap.add_argument("--max-batch-size", type=int, default=32)
-    ap.add_argument("--batch-wait", type=float, default=0.005, help="@serve.batch wait for a fuller batch (s).")
+    ap.add_argument("--batch-wait", type=float, default=0.05, help="@serve.batch wait for a fuller batch (s).")
     ap.add_argument("--replica-cpus", type=float, default=2.0, help="CPUs (= torch threads) per replica.")
     ap.add_argument("--port", type=int, default=18461)
     ap.add_argument("--pixels", type=int, default=112 * 112, help="Frame pixel budget of the untrained model.")
