@@ -496,3 +496,10 @@ def test_hostile_corpus_interleaved_with_valid_requests(arena, app, capsys):
         Path(out).write_text(json.dumps({"attacks": len(cases), "valid": len(valid_ms), "p50_ms": p50, "p99_ms": p99,
                                          "statuses": {n: getattr(r, "status_code", type(r).__name__)
                                                       for n, r in results.items()}}, indent=1))
+
+
+def test_http_listens_on_loopback_only(app):
+    import psutil
+
+    addrs = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.laddr.port == PORT}
+    assert addrs == {"127.0.0.1"}
