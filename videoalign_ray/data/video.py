@@ -279,8 +279,10 @@ def expand_frames(distinct: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     return distinct[inverse]
 
 
-def check_limits(info: VideoInfo, total_frames: int, sampled: np.ndarray, limits: DecodeLimits) -> None:
-    """Refuse, before decoding, what would exceed ``limits`` (see :class:`DecodeLimits`).
+def check_limits(info: VideoInfo, total_frames: int, sampled: np.ndarray, distinct: np.ndarray,
+                 limits: DecodeLimits) -> None:
+    """Refuse, before decoding, what would exceed ``limits`` (see :class:`DecodeLimits`); ``sampled`` are the
+    frame indices a sampler asked for, ``distinct`` the ones that will be decoded.
 
     Raises:
         VideoLimitError: naming the limit and the value that broke it.
@@ -294,7 +296,7 @@ def check_limits(info: VideoInfo, total_frames: int, sampled: np.ndarray, limits
         raise over("frame count", total_frames, limits.max_source_frames)
     if len(sampled) > limits.max_sampled_frames:
         raise over("sampled frame count", len(sampled), limits.max_sampled_frames)
-    decoded = len(np.unique(sampled)) * info.width * info.height * 3
+    decoded = len(distinct) * info.width * info.height * 3
     if decoded > limits.max_decoded_bytes:
         raise over("decoded size (bytes)", decoded, limits.max_decoded_bytes)
 
@@ -334,10 +336,10 @@ def load_video(
         if total <= 0:
             raise VideoDecodeError(f"{info.path}: no decodable frame")
     indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames)
-    check_limits(info, total, indices, limits)
+    distinct, inverse = np.unique(indices, return_inverse=True)
+    check_limits(info, total, indices, distinct, limits)
     if backend not in ("auto", "pyav", "decord"):
         raise ValueError(f"unknown backend {backend!r}")
-    distinct, inverse = np.unique(indices, return_inverse=True)
     used = "pyav"
     frames = None
     if backend != "pyav" and _use_decord(info):

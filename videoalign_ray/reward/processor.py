@@ -102,9 +102,18 @@ class VideoRewardProcessor:
     def video_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
 
-    def special_strings(self) -> list[str]:
+    @cached_property
+    def special_strings(self) -> tuple[str, ...]:
         """Every string the tokenizer would read as a control token (special and added tokens)."""
-        return sorted(set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab()))
+        return tuple(sorted(set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())))
+
+    @staticmethod
+    def check_text(caption: str) -> None:
+        """Raises ValueError when ``caption`` is not valid Unicode text (e.g. a lone surrogate)."""
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"prompt is not valid Unicode ({exc.reason} at character {exc.start})") from None
 
     def caption_ids(self, caption: str) -> list[int]:
         """Token ids of ``caption`` as plain text: special-token strings in it are split like any text.
@@ -112,10 +121,7 @@ class VideoRewardProcessor:
         Raises:
             ValueError: the caption is not valid Unicode text (e.g. a lone surrogate).
         """
-        try:
-            caption.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"prompt is not valid Unicode ({exc.reason} at character {exc.start})") from None
+        self.check_text(caption)
         return self._plain_text_tokenizer.encode(caption, add_special_tokens=False).ids
 
     @cached_property
@@ -139,13 +145,13 @@ class VideoRewardProcessor:
         Raises:
             ValueError: the caption is not valid Unicode text.
         """
-        caption_ids = self.caption_ids(caption)  # validates the text either way
+        self.check_text(caption)
         text = TEMPLATE.format(video="<|video_pad|>" * video_tokens, caption="{caption}")
-        if not any(tok in caption for tok in self.special_strings()):
+        if not any(tok in caption for tok in self.special_strings):
             return self.tokenizer(text.replace("{caption}", caption), add_special_tokens=False)["input_ids"]
         head, tail = text.split("{caption}")
         enc = self.tokenizer([head, tail], add_special_tokens=False)["input_ids"]
-        return enc[0] + caption_ids + enc[1]
+        return enc[0] + self.caption_ids(caption) + enc[1]
 
     def __call__(self, videos: list[np.ndarray], captions: list[str]) -> dict[str, torch.Tensor]:
         """Batch inputs: input_ids / attention_mask / mm_token_type_ids ``(B, L)``, pixel_values_videos,

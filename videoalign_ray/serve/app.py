@@ -130,23 +130,40 @@ class RewardDeployment:
         self._check_prompt(prompt)
         if (frames is None) == (path is None):
             raise self._reject(422, "give exactly one of frames or path")
-        names: dict[str, str] = {}
-        try:
-            if path is not None:
-                if not isinstance(path, str):
-                    raise RequestError(422, "path must be a string")
+        if path is not None:
+            if not isinstance(path, str):
+                raise self._reject(422, "path must be a string")
+            try:
                 resolved = resolve_inside(path, self.roots)
-                names[str(resolved)] = path
-                async with self.decode_slots:
-                    video = await asyncio.to_thread(self.scorer.decode, resolved, self.limits.decode)
-            else:  # resize off the event loop, so requests keep arriving into the batch queue meanwhile
+            except RequestError as exc:
+                raise self._reject(exc.status, exc.message) from None
+            video = await self._decode(resolved, path)
+        else:
+            try:  # resize off the event loop, so requests keep arriving into the batch queue meanwhile
                 video = await asyncio.to_thread(self._prepare, frames)
-        except RequestError as exc:
-            raise self._reject(exc.status, exc.message) from None
+            except VideoLimitError as exc:
+                raise self._reject(413, public_message(f"video over the service limits: {exc}")) from None
+            except (VideoDecodeError, ValueError) as exc:
+                raise self._reject(422, public_message(f"undecodable video: {exc}")) from None
+        return await self._score_video(video, prompt)
+
+    async def _decode(self, path: Path | str, shown: str) -> np.ndarray:
+        """Frames of a video file for the model (at most ``max_concurrent_decodes`` at once per replica).
+
+        Raises:
+            RequestError: 413 over the decode limits, 422 undecodable; messages show ``shown`` for the path.
+        """
+        names = {str(path): shown}
+        try:
+            async with self.decode_slots:
+                return await asyncio.to_thread(self.scorer.decode, path, self.limits.decode)
         except VideoLimitError as exc:
             raise self._reject(413, public_message(f"video over the service limits: {exc}", names)) from None
-        except (VideoDecodeError, ValueError) as exc:
+        except VideoDecodeError as exc:
             raise self._reject(422, public_message(f"undecodable video: {exc}", names)) from None
+
+    async def _score_video(self, video: np.ndarray, prompt: str) -> dict:
+        """Scores of frames already prepared for the model and a checked prompt, through the batch."""
         result = await self._score_batch((video, prompt))
         if isinstance(result, RequestError):
             raise self._reject(result.status, result.message)
@@ -201,10 +218,8 @@ class RewardDeployment:
         upload = None
         try:
             prompt, upload, path = await self._parse(request)
-            if upload is not None:
-                async with self.decode_slots:
-                    frames = await asyncio.to_thread(self._decode_upload, upload)
-                result = await self.score(prompt, frames=frames)
+            if upload is not None:  # the prompt was checked before the upload was stored
+                result = await self._score_video(await self._decode(upload, "upload"), prompt)
             else:
                 result = await self.score(prompt, path=path)
         except RequestError as exc:
@@ -272,8 +287,6 @@ class RewardDeployment:
             upload, prompt = form.get("file"), form.get("prompt")
             if upload is None or isinstance(upload, str):
                 raise self._reject(422, "multipart request needs a 'file' part with the video")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise self._reject(422, "missing prompt")
             self._check_prompt(prompt)
             fd, name = tempfile.mkstemp(suffix=".video", dir=self.upload_dir)
             with os.fdopen(fd, "wb") as out:
@@ -281,14 +294,6 @@ class RewardDeployment:
             return prompt, name, None
         finally:
             await form.close()
-
-    def _decode_upload(self, name: str) -> np.ndarray:
-        try:
-            return self.scorer.decode(name, self.limits.decode)
-        except VideoLimitError as exc:
-            raise self._reject(413, public_message(f"video over the service limits: {exc}", {name: "upload"})) from None
-        except VideoDecodeError as exc:
-            raise self._reject(422, public_message(f"undecodable video: {exc}", {name: "upload"})) from None
 
 
 def build_app(settings: dict, *, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01,
