@@ -15,8 +15,8 @@ def test_flow_dpo_aligns_text_alignment(tmp_path):
     from videoalign_ray.experiments.align_proof import AlignProofConfig, run_align_proof
 
     s = run_align_proof(validate_config(AlignProofConfig, dict(
-        output_dir=str(tmp_path / "proof"), dimensions="TA", train_pairs=192, heldout_pairs=32, max_steps=100,
-        samples_per_prompt=8, sample_steps=12)))
+        output_dir=str(tmp_path / "proof"), dimensions="TA", train_pairs=192, heldout_pairs=32, max_steps=60,
+        samples_per_prompt=6, sample_steps=12)))
     r = s["results"]["TA"]
     rate, lo, _ = r["win_rate"]["TA"]
     assert rate >= 0.65 and lo > 0.5, f"TA win rate {rate:.3f} (95% CI low {lo:.3f})"

@@ -1,7 +1,6 @@
 """End to end on a local Ray: the Flow-DPO job, resume, a killed worker, bad videos, MLflow contents."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -60,15 +59,15 @@ def test_default_job_then_resume(tmp_path):
 
 
 def test_killed_worker_resumes_to_same_result(tmp_path):
-    data = tmp_path / "data"
+    from videoalign_ray.synthetic.world import make_preference_dataset
+
     base = dict(max_steps=8, checkpoint_every=2, num_samples=0, seed=3)
-    # Both runs share the built-in data written once, so inputs are byte-identical.
-    clean = run_flow_job(_cfg(tmp_path / "clean", data=None, **base))
-    shutil.copytree(tmp_path / "clean" / "builtin_data", data)
-    clean2 = run_flow_job(_cfg(tmp_path / "clean2", data=str(data / "pairs.csv"), **base))
-    faulty = run_flow_job(_cfg(tmp_path / "faulty", data=str(data / "pairs.csv"), fail_at_step=5, **base))
+    # Both runs read the same table and videos (written once), so their inputs are byte-identical.
+    data = make_preference_dataset(tmp_path / "data", seed=3)
+    clean2 = run_flow_job(_cfg(tmp_path / "clean2", data=str(data), **base))
+    faulty = run_flow_job(_cfg(tmp_path / "faulty", data=str(data), fail_at_step=5, **base))
     assert (tmp_path / "faulty" / ".fault_injected").is_file(), "the fault was never injected"
-    assert faulty["steps"] == clean2["steps"] == clean["steps"] == 8
+    assert faulty["steps"] == clean2["steps"] == 8
     assert faulty["final_metrics"]["loss"] == pytest.approx(clean2["final_metrics"]["loss"], abs=1e-6)
     a = load_file(Path(clean2["checkpoint"]) / "adapter" / "adapter_model.safetensors")
     b = load_file(Path(faulty["checkpoint"]) / "adapter" / "adapter_model.safetensors")

@@ -32,11 +32,17 @@ def test_videoreward_learns_quality_on_held_out_prompts(tmp_path):
     assert acc["acc_MQ"] >= 0.70, acc
 
 
-def test_killed_worker_resumes_to_same_result(tmp_path):
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, local_ray):
+    """One uninterrupted 6-step run: the kill test's baseline and the eval/score tests' checkpoint."""
+    return _train(tmp_path_factory.mktemp("reward") / "clean")
+
+
+def test_killed_worker_resumes_to_same_result(tmp_path, clean_run):
     """A rank SIGKILLed at step 4 of 6: the group restarts, and the final weights and validation accuracy equal
     those of an uninterrupted run with the same seed (each run renders its own synthetic data; lossless
     encoding makes those identical)."""
-    clean = _train(tmp_path / "clean")
+    clean = clean_run
     faulty = _train(tmp_path / "faulty", fail_at_step=4)
     assert (tmp_path / "faulty" / ".fault_injected").is_file(), "the fault was never injected"
     assert faulty["steps"] == clean["steps"] == 6
@@ -49,11 +55,11 @@ def test_killed_worker_resumes_to_same_result(tmp_path):
     assert rc["norm_std"] != [1.0, 1.0, 1.0] and rc["fps"] == 8.0
 
 
-def test_eval_and_score_jobs(tmp_path, shared_data):
+def test_eval_and_score_jobs(tmp_path, shared_data, clean_run):
     from videoalign_ray.pipelines.eval_reward import EvalRewardConfig, run_eval_reward
     from videoalign_ray.pipelines.score_videos import ScoreVideosConfig, run_score_videos
 
-    trained = _train(tmp_path / "rm", max_steps=2, checkpoint_every=2)
+    trained = clean_run
     s = run_eval_reward(validate_config(EvalRewardConfig, dict(
         output_dir=str(tmp_path / "ev"), checkpoint=trained["checkpoint"],
         data=str(shared_data / "fetv" / "pairs.csv"))))
