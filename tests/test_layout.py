@@ -19,6 +19,7 @@ ORDER = [
     "reward",       # VideoReward; the latent reward model is built from the generator's own blocks
     "synthetic",    # the world, its ground-truth scorers, generator evaluation against them
     "serve",        # the Ray Serve reward app
+    "online",       # online preference collection: selection, pair store, generation actors
     "pipelines",    # job configs + run_* (orchestration)
     "experiments",  # synthetic-world experiments that run pipelines
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,13 +48,40 @@ class LoadResult:
         }
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json", ".ndjson")
+PAIR_STORE_MANIFEST = "_manifest.json"
+"""A folder holding this file is an online pair store (videoalign_ray.online.store): only the rounds it lists
+are read."""
+
+
+def _folder_tables(path: Path) -> list[tuple[Path, dict]]:
+    """The table files of a folder with the constant columns each adds: a pair store's committed rounds
+    (``round``), or every table file below ``path`` (names starting with ``.`` or ``_`` skipped)."""
+    manifest = path / PAIR_STORE_MANIFEST
+    if manifest.is_file():
+        rounds = json.loads(manifest.read_text())["rounds"]
+        return [(f, {"round": int(r)}) for r, info in sorted(rounds.items(), key=lambda kv: int(kv[0]))
+                for f in sorted((path / info["folder"]).glob("*.parquet"))]
+    return [(f, {}) for f in sorted(path.rglob("*"))
+            if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES
+            and not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)]
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSONL (``.jsonl`` / ``.json`` lines) table as strings-preserving DataFrame.
 
+    A folder is read as the concatenation of its table files in name order (a pair store: its committed
+    rounds, with a ``round`` column).
+
     Raises:
-        DataError: missing file, unknown extension or a parse error (with the file name).
+        DataError: missing file, unknown extension, a folder without tables or a parse error (file named).
     """
     path = Path(path)
+    if path.is_dir():
+        files = _folder_tables(path)
+        if not files:
+            raise DataError(f"{path}: folder holds no table ({', '.join(TABLE_SUFFIXES)})")
+        return pd.concat([read_table(f).assign(**cols) for f, cols in files], ignore_index=True)
     if not path.is_file():
         raise DataError(f"preference table not found: {path}")
     suffix = path.suffix.lower()
@@ -128,7 +156,7 @@ def _check_common(row_no: int, rec: dict, base: Path, path_cols: tuple[str, str]
 
 
 def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bool = False) -> LoadResult:
-    base = path.parent
+    base = path if path.is_dir() else path.parent
     res = LoadResult(source=str(path), total_rows=len(df))
     overall_col = next((c for c in df.columns if str(c).lower() == "overall"), None)
     for i, rec in enumerate(df.to_dict("records"), start=1):
@@ -174,7 +202,7 @@ def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bo
 
 
 def _load_chosen_rejected(df: pd.DataFrame, path: Path, dimension: str) -> LoadResult:
-    base = path.parent
+    base = path if path.is_dir() else path.parent
     res = LoadResult(source=str(path), total_rows=len(df))
     has_dim = "dimension" in df.columns
     for i, rec in enumerate(df.to_dict("records"), start=1):

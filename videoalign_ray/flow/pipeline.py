@@ -4,8 +4,9 @@
     unique prompts --map_batches(PromptEncoder, actor pool)--> embedding cache
     good pairs --map(load from cache)--> {pair_id, chosen, rejected, prompt_embeds}  (materialized)
 
-Decode runs as plain tasks spread over the cluster; each encoder actor loads its model once. A rerun
-finds every entry in the cache and skips both decode and encode. A video that fails to decode rejects
+Decode runs as plain tasks spread over the cluster; each encoder actor loads its model once. Videos and
+prompts already in the cache are found on the driver (one stat per video), so a rerun, or an online round
+whose generator wrote its latents, starts no decode task and no encoder actor. A video that fails to decode rejects
 every pair that uses it, with the decoder's reason.
 """
 
@@ -123,6 +124,20 @@ class PromptEncoder:
         return {"prompt": batch["prompt"], "key": np.array(keys)}
 
 
+def _cached_videos(videos: list[str], spec: EncodeSpec) -> dict[str, dict]:
+    """Rows (status ``cached``) of the videos whose latents are already in the cache: one ``stat`` per video
+    on the driver, so a fully cached run starts no decode task or encoder actor."""
+    cache, rows = TensorCache(spec.cache_dir), {}
+    for v in videos:
+        try:
+            key = video_key(v, spec.num_frames, spec.height, spec.width, spec.vae_id)
+        except OSError:
+            continue  # the decode task reports it with its reason
+        if cache.has(key):
+            rows[v] = {"path": v, "key": key, "status": "cached", "error": ""}
+    return rows
+
+
 def _load_pair(row: dict, cache_dir: str) -> dict:
     cache = TensorCache(cache_dir)
     out = {k: v for k, v in row.items() if k != "pair_id" and not k.endswith("_key")}  # extra columns
@@ -151,32 +166,38 @@ def encode_pairs(
         prompt_embeds: (L, D) f32, **extras}``; ``rejects`` for pairs whose video failed.
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
-    decoded = (
-        ray.data.from_items([{"path": v} for v in videos], override_num_blocks=min(len(videos), 64))
-        # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
-        # operator (tasks spread over the cluster) instead of fusing decode into the actors.
-        .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
-        .map_batches(
-            LatentEncoder,
-            fn_constructor_kwargs={"spec": spec},
-            batch_size=4,
-            compute=ray.data.ActorPoolStrategy(size=spec.encoder_actors),
-            num_cpus=1,
-            num_gpus=1 if spec.use_gpu else 0,
+    video_rows = _cached_videos(videos, spec)  # a rerun (or the online loop's generated latents) skips Ray Data
+    todo = [v for v in videos if v not in video_rows]
+    if todo:
+        decoded = (
+            ray.data.from_items([{"path": v} for v in todo], override_num_blocks=min(len(todo), 64))
+            # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
+            # operator (tasks spread over the cluster) instead of fusing decode into the actors.
+            .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
+            .map_batches(
+                LatentEncoder,
+                fn_constructor_kwargs={"spec": spec},
+                batch_size=4,
+                compute=ray.data.ActorPoolStrategy(size=spec.encoder_actors),
+                num_cpus=1,
+                num_gpus=1 if spec.use_gpu else 0,
+            )
+            .materialize()
         )
-        .materialize()
-    )
-    video_rows = {r["path"]: r for r in decoded.take_all()}
+        video_rows.update({r["path"]: r for r in decoded.take_all()})
     prompts = sorted({p.prompt for p in pairs})
-    prompt_rows = (
-        ray.data.from_items([{"prompt": p} for p in prompts])
-        .map_batches(
-            PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64,
-            compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if spec.use_gpu else 0,
+    prompt_keys = {p: prompt_key(p, spec.text_encoder_id, spec.max_text_tokens) for p in prompts}
+    cache = TensorCache(spec.cache_dir)
+    if not all(cache.has(k) for k in prompt_keys.values()):
+        prompt_rows = (
+            ray.data.from_items([{"prompt": p} for p in prompts])
+            .map_batches(
+                PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64,
+                compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if spec.use_gpu else 0,
+            )
+            .take_all()
         )
-        .take_all()
-    )
-    prompt_keys = {r["prompt"]: r["key"] for r in prompt_rows}
+        prompt_keys = {r["prompt"]: r["key"] for r in prompt_rows}
 
     rejects: list[Reject] = []
     items = []

@@ -42,6 +42,7 @@ class LoopConfig(LoopCommon):
     t_shift: float
     rwr_tau: float = 1.0
     rwr_normalize: str = "none"
+    init_adapter: str | None = None  # an adapter/ folder the LoRA starts from (online rounds); None: B = 0
 
 
 def _build_model(cfg: LoopConfig):
@@ -52,6 +53,8 @@ def _build_model(cfg: LoopConfig):
     reference = None
     if cfg.finetune == "lora":
         add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+        if cfg.init_adapter:
+            _load_init_adapter(policy, cfg)
     elif cfg.objective == "dpo":  # full fine-tuning: a frozen copy is the reference
         reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
     policy.train()
@@ -115,6 +118,24 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
     )
     metrics["loss"] = loss.detach()
     return loss, metrics
+
+
+def _load_init_adapter(policy, cfg: LoopConfig) -> None:
+    """Start the LoRA from a trained adapter (same rank and alpha). A resumed run then loads its own checkpoint
+    over it. Raises ValueError on a rank/alpha mismatch or keys the model lacks."""
+    from pathlib import Path
+
+    from peft.utils import set_peft_model_state_dict
+
+    from videoalign_ray.flow.lora_export import read_adapter_state
+
+    state, rank, alpha = read_adapter_state(Path(cfg.init_adapter))
+    if (rank, alpha) != (cfg.lora_rank, cfg.lora_alpha):
+        raise ValueError(f"{cfg.init_adapter}: adapter r={rank}, alpha={alpha}; this run trains r={cfg.lora_rank}, "
+                         f"alpha={cfg.lora_alpha}")
+    result = set_peft_model_state_dict(policy, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{cfg.init_adapter}: keys the model lacks: {result.unexpected_keys[:5]}")
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -52,6 +52,9 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     t_shift: float = Field(1.0, gt=0, description="Timestep shift s*t/(1+(s-1)t) for training t.")
+    init_weights: str | None = Field(
+        None, description="A LoRA run's final/ folder (or its adapter/) that the new adapter starts from "
+        "(online rounds); the reference stays the base.")
     num_samples: int = Field(2, ge=0, description="Prompts sampled from reference and policy at the end (mp4).")
     sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
     sample_guidance: float = Field(1.0, ge=1.0, description="CFG scale for samples (1 = off).")
@@ -104,6 +107,23 @@ def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
         shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
     return out / "final"
+
+
+def _init_adapter(init_weights: str | None) -> str | None:
+    """The ``adapter/`` folder of ``--init-weights`` (a final/ folder or the adapter folder itself).
+
+    Raises:
+        ModelPathError: the folder holds no adapter.
+    """
+    from videoalign_ray.errors import ModelPathError
+
+    if not init_weights:
+        return None
+    path = Path(init_weights).resolve()
+    for cand in (path / "adapter", path):
+        if (cand / "adapter_config.json").is_file():
+            return str(cand)
+    raise ModelPathError(f"--init-weights {init_weights}: no adapter/ with adapter_config.json")
 
 
 def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
@@ -175,7 +195,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         mlflow_tracking_uri=job.tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
-        rwr_normalize=cfg.rwr_normalize,
+        rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
     )
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,

@@ -1,0 +1,158 @@
+"""The online Flow-DPO job on a `ray start --head` cluster: submitted with `ray job submit` (a generation actor
+dies on the way), then run as a plain driver that is SIGKILLed in round 2's generation and again in its
+training, and resumed: the pair store equals the uninterrupted run's row for row.
+
+(This module replaced the flow_dpo-only `ray job submit` test: the online job runs a Flow-DPO training round
+through the same run_flow_job under the submitted driver.)
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORLD = ["a blue square moving bottom to top", "a red square moving top to bottom",
+         "a blue circle moving top to bottom", "a yellow circle moving top to bottom",
+         "a red circle moving bottom to top", "a yellow square moving top to bottom"]
+BAD = ["", WORLD[1], "a " + "very " * 30 + "long prompt", "a purple elephant dancing"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ray_tmp = tempfile.mkdtemp(prefix="vr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp,
+           "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}  # the CLI sends ~/.ray/auth_token
+    gcs, dash = _free_port(), _free_port()
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+         "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    prompts.write_text("\n".join(WORLD[:3] + BAD[:2] + WORLD[3:] + BAD[2:]) + "\n")
+    try:
+        yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dash": f"http://127.0.0.1:{dash}", "prompts": str(prompts)}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _args(out: Path, prompts: str) -> list[str]:
+    return ["jobs/online_dpo.py", "--output-dir", str(out), "--prompts", prompts, "--rounds", "2",
+            "--samples-per-prompt", "2", "--steps-per-round", "2", "--batch-size", "1", "--sample-steps", "8",
+            "--eval-samples-per-prompt", "0"]
+
+
+def _attempts(out: Path, round_: int) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for line in (out / "samples" / f"round={round_:03d}" / "attempts.log").read_text().splitlines():
+        idx = int(line.split("\t")[0])
+        counts[idx] = counts.get(idx, 0) + 1
+    return counts
+
+
+def _pairs(out: Path) -> pd.DataFrame:
+    from videoalign_ray.online.store import PairStore
+
+    df = PairStore(out / "pairs").read()
+    for col in ("chosen", "rejected"):  # paths relative to the run's folder; latent keys hash paths and mtimes
+        df[col] = [str(Path(p).relative_to(out)) for p in df[col]]
+    return df.drop(columns=["chosen_latent_key", "rejected_latent_key"])
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster, tmp_path_factory):
+    """The uninterrupted run, through `ray job submit`; the actor generating round 1's prompt 2 dies once."""
+    out = tmp_path_factory.mktemp("online") / "clean"
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", cluster["dash"], "--working-dir", str(ROOT), "--",
+         "python", *_args(out, cluster["prompts"]), "--fail-generator-on", "1,2"],
+        env=cluster["env"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout + proc.stderr
+    return out
+
+
+def test_submitted_run_survives_an_actor_death_and_logs_its_rounds(submitted):
+    out = submitted
+    assert (out / ".generator_fault").is_file(), "the actor was never killed"
+    assert _attempts(out, 1) == {0: 1, 1: 1, 2: 2, 3: 1, 4: 1, 5: 1}  # the killed group redone once, never twice
+    assert _attempts(out, 2) == dict.fromkeys(range(6), 1)
+    rejects = pd.read_csv(out / "rejects.csv", keep_default_na=False)
+    assert rejects["row"].tolist() == [4, 5, 9, 10]
+    assert rejects["reason"].tolist()[:2] == ["empty prompt", "duplicate of row 2"]
+    assert "over the text encoder's 16" in rejects["reason"][2] and "no ground-truth" in rejects["reason"][3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["prompts"] == 6
+    assert all(r["pairs"] + r["ties"] == 6 for r in summary["rounds"])
+    r2 = summary["rounds"][1]
+    assert r2["sync"]["actors"] == 2 and r2["sync"]["bytes"] > 0
+    assert r2["policy"].endswith("round=002/train/final")
+    # round 2's training started from round 1's adapter and both are diffusers-loadable LoRA files
+    assert (Path(r2["policy"]) / "pytorch_lora_weights.safetensors").is_file()
+    train = json.loads((out / "rounds" / "round=002" / "train" / "summary.json").read_text())
+    assert train["data_stats"]["videos_cached"] == train["data_stats"]["videos"]  # generated latents, no re-encode
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(summary["mlflow_tracking_uri"])
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert {"pairs", "gt_mean_TA", "seconds_generate", "seconds_train", "sync_bytes"} <= set(parent.data.metrics)
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "pairs")] == [1, 2]
+    children = [client.get_run(r["train_run_id"]) for r in summary["rounds"]]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+
+
+def _run_until(cluster, out: Path, condition, what: str, timeout_s: float = 600) -> None:
+    """Start the job as a driver on the cluster and SIGKILL its process group once ``condition()`` holds."""
+    env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
+    proc = subprocess.Popen([sys.executable, *_args(out, cluster["prompts"])], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not condition():
+            assert proc.poll() is None, f"the job ended (rc {proc.returncode}) before {what}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def test_driver_killed_in_generation_then_in_training_resumes_to_the_same_pairs(cluster, submitted, tmp_path):
+    out = tmp_path / "killed"
+    round2 = out / "samples" / "round=002"
+    _run_until(cluster, out, lambda: any(round2.glob("p*.json")), "a finished group of round 2")
+    done_before = {int(p.stem[1:]) for p in round2.glob("p*.json")}
+    assert sorted(json.loads((out / "pairs" / "_manifest.json").read_text())["rounds"]) == ["1"]
+
+    ckpts = out / "rounds" / "round=002" / "train" / "ray_results"
+    _run_until(cluster, out, lambda: any(ckpts.glob("*/checkpoint_*")), "a round-2 training checkpoint")
+    assert not (out / "rounds" / "round=002" / "summary.json").exists()
+
+    env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
+    proc = subprocess.run([sys.executable, *_args(out, cluster["prompts"])], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    attempts = _attempts(out, 2)
+    assert all(attempts[i] == 1 for i in done_before), (attempts, done_before)  # finished work reused
+    assert _attempts(out, 1) == dict.fromkeys(range(6), 1)  # round 1 was never redone
+    pd.testing.assert_frame_equal(_pairs(out), _pairs(submitted))
+    assert json.loads((out / "rounds" / "round=002" / "train" / "summary.json").read_text())["steps"] == 2

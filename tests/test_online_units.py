@@ -1,0 +1,92 @@
+"""Online loop pieces without Ray: pair selection (hand-computed), seeds, the pair store, prompt rejects."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from videoalign_ray.data.io import load_pairs, read_table
+from videoalign_ray.online.prompts import validate_prompts
+from videoalign_ray.online.selection import sample_seed, select_pairs, weighted_reward
+from videoalign_ray.online.store import PairStore
+
+
+def test_best_worst_picks_the_extremes_of_the_weighted_reward():
+    # weighted with (1, 0, 2): [0.1+0.6, 0.9+0.2, 0.5+1.4, 0.3+0.0] = [0.7, 1.1, 1.9, 0.3]
+    r = np.array([[0.1, 0.9, 0.3], [0.9, 0.0, 0.1], [0.5, 0.5, 0.7], [0.3, 0.2, 0.0]])
+    np.testing.assert_allclose(weighted_reward(r, (1, 0, 2)), [0.7, 1.1, 1.9, 0.3])
+    sel = select_pairs(r, (1, 0, 2))
+    assert [(c, j) for c, j, _ in sel.pairs] == [(2, 3)] and sel.pairs[0][2] == pytest.approx(1.6)
+    assert select_pairs(r, (1, 0, 2), min_margin=1.7).below_margin == 1
+    tie = select_pairs(np.full((3, 3), 0.4), (1, 1, 1))
+    assert tie.pairs == [] and tie.ties == 1 and tie.below_margin == 0
+
+
+def test_all_above_margin_orders_each_pair_and_counts_the_rest():
+    r = np.array([[0.2, 0, 0], [0.5, 0, 0], [0.5, 0, 0], [0.3, 0, 0]])  # weights (1, 0, 0)
+    sel = select_pairs(r, (1, 0, 0), "all-above-margin", min_margin=0.15)
+    # candidates: (1,0) .3, (2,0) .3, (3,0) .1 below, (1,2) tie, (1,3) .2, (2,3) .2
+    assert sorted((c, j) for c, j, _ in sel.pairs) == [(1, 0), (1, 3), (2, 0), (2, 3)]
+    assert sel.ties == 1 and sel.below_margin == 1
+    assert all(m >= 0.15 for *_, m in sel.pairs)
+    with pytest.raises(ValueError, match="at least 2"):
+        select_pairs(r[:1], (1, 1, 1))
+    with pytest.raises(ValueError, match="non-finite"):
+        select_pairs(np.array([[np.nan, 0, 0], [0, 0, 0]]), (1, 1, 1))
+
+
+def test_seeds_are_reproducible_and_distinct():
+    seeds = {sample_seed(0, r, p, k) for r in range(1, 4) for p in range(50) for k in range(4)}
+    assert len(seeds) == 600 and all(0 <= s < 2**31 for s in seeds)
+    assert sample_seed(5, 2, 3, 1) == sample_seed(5, 2, 3, 1) != sample_seed(6, 2, 3, 1)
+
+
+def _rows(round_, tmp_path, n=2):
+    vids = []
+    for i in range(2 * n):
+        p = tmp_path / f"r{round_}_{i}.mp4"
+        p.write_bytes(b"x")
+        vids.append(str(p))
+    return pd.DataFrame({"round": round_, "prompt": [f"p{i}" for i in range(n)], "chosen": vids[:n],
+                         "rejected": vids[n:], "margin": [0.5] * n})
+
+
+def test_pair_store_commits_rounds_atomically_and_reads_only_committed(tmp_path):
+    store = PairStore(tmp_path / "pairs")
+    assert store.committed() == {}
+    store.commit(1, _rows(1, tmp_path), {"policy_version": 0})
+    store.commit(2, _rows(2, tmp_path, 3), {"policy_version": 1})
+    # a folder left by a crash between rename and manifest, and a temp folder: neither is read
+    (tmp_path / "pairs" / "round=003").mkdir()
+    _rows(3, tmp_path).drop(columns="round").to_parquet(tmp_path / "pairs" / "round=003" / "part-000.parquet")
+    (tmp_path / "pairs" / ".round=004-tmp").mkdir()
+    assert sorted(store.committed()) == [1, 2] and store.committed()[2]["pairs"] == 3
+    assert store.read()["round"].tolist() == [1, 1, 2, 2, 2]
+    assert store.read([2])["prompt"].tolist() == ["p0", "p1", "p2"]
+    table = read_table(tmp_path / "pairs")  # what jobs/flow_dpo.py --data <out>/pairs reads
+    assert len(table) == 5 and table["round"].tolist() == [1, 1, 2, 2, 2]
+    loaded = load_pairs(tmp_path / "pairs")
+    assert len(loaded.pairs) == 5 and not loaded.rejects
+    with pytest.raises(ValueError, match="round == 4"):
+        store.commit(4, _rows(3, tmp_path), {})
+    with pytest.raises(KeyError, match=r"\[3\]"):
+        store.read([3])
+    manifest = json.loads((tmp_path / "pairs" / "_manifest.json").read_text())
+    assert set(manifest["rounds"]) == {"1", "2"}
+
+
+def test_plain_folders_read_every_table_in_name_order(tmp_path):
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "b.csv", index=False)
+    pd.DataFrame({"a": [0]}).to_parquet(tmp_path / "a.parquet")
+    (tmp_path / "_skip.csv").write_text("a\n9\n")
+    assert read_table(tmp_path)["a"].astype(int).tolist() == [0, 1]
+
+
+def test_bad_prompts_are_rejected_with_row_and_reason():
+    raw = ["a red circle", "", "  a red circle ", "x " * 40, "a blue square", "unknown thing"]
+    kept, rejects = validate_prompts(raw, lambda p: len(p.split()), 16, known={"a red circle", "a blue square", "x"})
+    assert kept == ["a red circle", "a blue square"]
+    reasons = {r.row: r.reason for r in rejects}
+    assert reasons[2] == "empty prompt" and reasons[3] == "duplicate of row 1"
+    assert "40 tokens, over the text encoder's 16" in reasons[4] and "no ground-truth" in reasons[6]

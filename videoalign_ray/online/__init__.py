@@ -1,0 +1,1 @@
+"""Online, iterative preference collection: pair selection, the pair store, generation actors, the loop."""

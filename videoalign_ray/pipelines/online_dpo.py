@@ -1,0 +1,153 @@
+"""``jobs/online_dpo.py``: online, iterative Flow-DPO (ALGORITHMS.md section 6; paper section 5).
+
+One round = generate (a pool of Ray actors samples K videos per prompt from the current policy) -> score (the
+synthetic world's ground truth, or the Ray Serve reward app) -> select (best vs worst weighted reward per
+prompt) -> store (``<output_dir>/pairs/round=NNN``, committed atomically) -> train (one Flow-DPO run with the
+existing Ray Train job, from the previous round's adapter) -> sync (one ``ray.put`` of the new adapter).
+
+Rerunning the same command resumes: committed rounds are not redone, a finished prompt group is reused by
+(round, prompt, seeds, policy version), and a killed training round resumes from its Ray Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from videoalign_ray.config import ModelSection, RuntimeSection, Weights, parse_weights
+from videoalign_ray.runtime.job import job_run
+
+log = logging.getLogger(__name__)
+
+
+class OnlineDPOConfig(RuntimeSection, ModelSection):
+    """Config of ``jobs/online_dpo.py``."""
+
+    output_dir: str = Field("outputs/online_dpo", description="Samples, pairs/, rounds/, cache, MLflow store.")
+    preset: Literal["tiny", "tiny-world", "wan2.1-1.3b"] = Field(
+        "tiny-world", description="Generator preset (default: the tiny base pre-trained on the synthetic world).")
+    rounds: int = Field(2, ge=1, description="Rounds of generate -> score -> select -> store -> train -> sync.")
+    prompts: str | None = Field(None, description="Text file (one prompt per line) or a table; default: the "
+                                "synthetic world's train prompts.")
+    prompt_column: str = Field("prompt", description="Column of a --prompts table.")
+    samples_per_prompt: int = Field(4, ge=2, description="K videos per prompt and round.")
+    generators: int = Field(2, ge=1, description="Generation actors (one GPU each when the cluster has GPUs).")
+    sample_steps: int = Field(12, ge=1, description="Euler steps per generated video.")
+    sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
+    guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale during sampling (needs --reward-endpoint).")
+    weights: Weights = Field("1,1,1", description="Per-dimension weights (VQ,MQ,TA): pair selection and NRG.")
+    reward: Literal["auto", "ground-truth", "served"] = Field(
+        "auto", description="ground-truth: the world's pixel scorers (oracle); served: the Serve reward app; "
+        "auto: served when --reward-checkpoint or --reward-endpoint is given.")
+    reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint the job deploys as a Serve app.")
+    reward_endpoint: str | None = Field(None, description="Name of an already running Serve reward app.")
+    reward_timeout_s: float = Field(120.0, gt=0, description="Seconds per reward call before it is retried.")
+    reward_attempts: int = Field(3, ge=1, description="Attempts per reward call before the round fails.")
+    pair_rule: Literal["best-worst", "all-above-margin"] = Field("best-worst", description="Pairs per prompt.")
+    min_margin: float = Field(0.0, ge=0, description="Weighted-reward gap below which a pair is not kept.")
+    replay_rounds: int = Field(0, ge=0, description="Earlier rounds' pairs added to each round's training.")
+    steps_per_round: int = Field(20, ge=1, description="Flow-DPO optimizer steps per round.")
+    batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers per round.")
+    lr: float | None = Field(None, gt=0, description="Default from the preset.")
+    beta: float = Field(500.0, gt=0)
+    lora_rank: int | None = Field(None, gt=0, description="Default from the preset.")
+    eval_samples_per_prompt: int = Field(2, ge=0, description="Held-out samples per world prompt for the "
+                                         "per-round win rate vs the base (0: off).")
+    actor_start_timeout_s: float = Field(300.0, gt=0, description="Seconds for the generation actors to load.")
+    group_timeout_s: float = Field(1800.0, gt=0, description="Seconds one prompt group may take to generate.")
+    fail_generator_on: str | None = Field(None, description="Fault injection for tests: 'ROUND,PROMPT' kills "
+                                          "the actor generating it, once.")
+
+
+def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
+    """Run (or resume) every round; returns the summary (also ``<output_dir>/summary.json``).
+
+    Raises:
+        DataError: no usable prompt. RewardServiceError: the reward app kept failing (nothing committed).
+        TimeoutError: actors did not start, or a prompt group did not finish, in time.
+    """
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: OnlineDPOConfig, job) -> dict:
+    from videoalign_ray.data.io import write_rejects
+    from videoalign_ray.online.store import PairStore
+    from videoalign_ray.pipelines.online_rounds import RoundRunner
+
+    runner = RoundRunner(cfg, job)
+    prompts, rejects = runner.load_prompts()
+    job.tracker.log_artifact(write_rejects(job.out / "rejects.csv", rejects))
+    job.tracker.log_metrics({"prompts": len(prompts), "prompt_rejects": len(rejects)}, step=0)
+    store = PairStore(job.out / "pairs")
+    history = []
+    try:
+        for r in range(1, cfg.rounds + 1):
+            history.append(runner.run_round(r, prompts, store))
+    finally:
+        runner.close()
+    summary = {"rounds": history, "pairs_dir": str(store.root), "prompts": len(prompts),
+               "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
+               "final_policy": history[-1]["policy"], "reward": runner.reward_kind}
+    return job.complete(summary)
+
+
+def round_table(records: list[dict], rewards: list[list[list[float]]], cfg: OnlineDPOConfig, round_: int):
+    """The round's pair rows and its selection counts (pure: records and rewards in, a DataFrame out)."""
+    import numpy as np
+    import pandas as pd
+
+    from videoalign_ray.data.schema import DIMENSIONS
+    from videoalign_ray.online.selection import select_pairs
+
+    weights = parse_weights(cfg.weights)
+    rows, counts = [], {"groups": len(records), "pairs": 0, "ties": 0, "below_margin": 0}
+    for rec, group in zip(records, rewards, strict=True):
+        sel = select_pairs(np.asarray(group), weights, cfg.pair_rule, cfg.min_margin)
+        counts["ties"] += sel.ties
+        counts["below_margin"] += sel.below_margin
+        for c, r, margin in sel.pairs:
+            sc, sr = rec["samples"][c], rec["samples"][r]
+            row = {"round": round_, "prompt": rec["prompt"], "prompt_index": rec["prompt_index"],
+                   "chosen": sc["path"], "rejected": sr["path"], "chosen_latent_key": sc["latent_key"],
+                   "rejected_latent_key": sr["latent_key"], "chosen_seed": sc["seed"], "rejected_seed": sr["seed"],
+                   "margin": margin, "policy_version": rec["policy_version"]}
+            for i, d in enumerate(DIMENSIONS):
+                row[f"reward_chosen_{d}"], row[f"reward_rejected_{d}"] = group[c][i], group[r][i]
+            rows.append(row)
+    counts["pairs"] = len(rows)
+    return pd.DataFrame(rows), counts
+
+
+def wait_all(refs: list, what: str, timeout_s: float, on_done=None) -> list:
+    """``ray.get`` of ``refs`` with a deadline per completion and progress lines; results in ``refs`` order.
+
+    Raises:
+        TimeoutError: no reference finished within ``timeout_s`` (names ``what`` and how many were left).
+    """
+    import ray
+
+    index = {ref: i for i, ref in enumerate(refs)}
+    results, pending, start = [None] * len(refs), list(refs), time.monotonic()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+        if not ready:
+            raise TimeoutError(f"{what}: nothing finished in {timeout_s:.0f} s ({len(pending)} of {len(refs)} left)")
+        results[index[ready[0]]] = value = ray.get(ready[0])
+        if on_done is not None:
+            on_done(value)
+        done = len(refs) - len(pending)
+        if done == len(refs) or done % max(1, len(refs) // 4) == 0:
+            log.info("%s: %d/%d done (%.1f s)", what, done, len(refs), time.monotonic() - start)
+    return results
+
+
+def load_round_summary(path: Path) -> dict | None:
+    """A finished round's summary (``rounds/round=NNN/summary.json``) or None."""
+    return json.loads(path.read_text()) if path.is_file() else None

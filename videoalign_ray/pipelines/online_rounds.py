@@ -1,0 +1,339 @@
+"""The phases of one online round (generate, score, select, store, train, sync, evaluate) and their state.
+
+Ray glue: the generation actors, the reward app's handle and the per-round Flow-DPO run. What each phase
+leaves on disk is what a rerun reuses (see :mod:`videoalign_ray.pipelines.online_dpo`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from videoalign_ray.config import parse_weights, validate_config
+from videoalign_ray.data.schema import DIMENSIONS
+from videoalign_ray.online.store import round_dir_name
+from videoalign_ray.runtime.fileio import write_text_atomic
+
+log = logging.getLogger(__name__)
+REWARD_APP = "online-reward"
+
+
+class RoundRunner:
+    """Runs rounds for one :class:`~videoalign_ray.pipelines.online_dpo.OnlineDPOConfig` and job."""
+
+    def __init__(self, cfg, job):
+        from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+        from videoalign_ray.online.generation import GeneratorSpec
+        from videoalign_ray.pipelines.flow_dpo import encode_spec
+        from videoalign_ray.runtime.launch import use_gpu_default
+
+        self.cfg, self.job, self.out, self.tracker = cfg, job, job.out, job.tracker
+        self.preset = PRESETS[cfg.preset]
+        self.model_dir = resolve_model_dir(cfg.preset, cfg.model_path, self.out, cfg.seed)
+        self.use_gpu = use_gpu_default(None)
+        served = cfg.reward == "served" or (cfg.reward == "auto" and (cfg.reward_checkpoint or cfg.reward_endpoint))
+        self.reward_kind = "served" if served else "ground-truth"
+        if served and not (cfg.reward_checkpoint or cfg.reward_endpoint):
+            from videoalign_ray.errors import ConfigError
+
+            raise ConfigError("--reward served needs --reward-checkpoint or --reward-endpoint")
+        espec = encode_spec(self._flow_cfg(1, None, None), self.model_dir, self.out, self.use_gpu)
+        self.spec = GeneratorSpec(
+            model_dir=str(self.model_dir), cache_dir=espec.cache_dir, num_frames=espec.num_frames,
+            height=espec.height, width=espec.width, max_text_tokens=espec.max_text_tokens, fps=self.preset.fps,
+            vae_id=espec.vae_id, text_encoder_id=espec.text_encoder_id, steps=cfg.sample_steps, shift=cfg.sample_shift, guidance_scale=cfg.guidance_scale,
+            weights=parse_weights(cfg.weights), reward_endpoint=cfg.reward_endpoint, use_gpu=self.use_gpu)
+        self.samples_dir = self.out / "samples"
+        self.actors, self.handle, self.deployed_app = None, None, False
+        self.policy: Path | None = None  # None: the base (version 0)
+        self.policy_ref = None
+
+    # ---- prompts ---------------------------------------------------------------------------------
+    def load_prompts(self):
+        """(prompts, rejects) of ``--prompts`` or the world's train prompts."""
+        from videoalign_ray.flow.model import text_tokenizer
+        from videoalign_ray.online.prompts import read_prompt_lines, validate_prompts
+        from videoalign_ray.synthetic.world import all_scenes, split_scenes
+
+        cfg = self.cfg
+        raw = (read_prompt_lines(cfg.prompts, cfg.prompt_column) if cfg.prompts
+               else [s.prompt for s in split_scenes(seed=cfg.seed)[0]])
+        tok = text_tokenizer(self.model_dir)
+        known = {s.prompt for s in all_scenes()} if self.reward_kind == "ground-truth" else None
+        prompts, rejects = validate_prompts(raw, lambda p: len(tok(p).input_ids), self.preset.max_text_tokens, known)
+        if not prompts:
+            from videoalign_ray.errors import DataError
+
+            raise DataError(f"no usable prompt ({len(rejects)} rejected: see rejects.csv)")
+        self.scenes = {s.prompt: s for s in all_scenes()}
+        return prompts, rejects
+
+    # ---- one round -------------------------------------------------------------------------------
+    def run_round(self, r: int, prompts: list[str], store) -> dict:
+        from videoalign_ray.pipelines.online_dpo import load_round_summary, round_table
+
+        rdir = self.out / "rounds" / round_dir_name(r)
+        done = load_round_summary(rdir / "summary.json")
+        if done is not None:
+            log.info("round %d: done earlier (policy %s), skipped", r, done["policy"])
+            self.policy, self.policy_ref = Path(done["policy"]), None
+            return done
+        seconds: dict[str, float] = {}
+        committed = store.committed().get(r)
+        if committed is None:
+            t = time.monotonic()
+            records = self.generate(r, r - 1, prompts)
+            seconds["generate"] = time.monotonic() - t
+            t = time.monotonic()
+            rewards = self.score(r, records)
+            seconds["score"] = time.monotonic() - t
+            t = time.monotonic()
+            table, counts = round_table(records, rewards, self.cfg, r)
+            stats = _reward_stats(records, rewards)
+            seconds["select"] = time.monotonic() - t
+            t = time.monotonic()
+            store.commit(r, table, {"policy_version": r - 1, **counts, **stats})
+            seconds["store"] = time.monotonic() - t
+            committed = store.committed()[r]
+            log.info("round %d: %d pairs from %d prompts (%d ties, %d below margin)", r, counts["pairs"],
+                     counts["groups"], counts["ties"], counts["below_margin"])
+        t = time.monotonic()
+        policy, train_summary = self.train(r, store)
+        seconds["train"] = time.monotonic() - t
+        t = time.monotonic()
+        sync = self.sync(r, policy)
+        seconds["sync"] = time.monotonic() - t
+        t = time.monotonic()
+        heldout = self.evaluate(r, policy, rdir)
+        seconds["evaluate"] = time.monotonic() - t
+        summary = {"round": r, "policy": str(policy) if policy else None, "policy_version": r,
+                   "pairs": committed["pairs"], "ties": committed["ties"], "below_margin": committed["below_margin"],
+                   "reward_stats": {k: v for k, v in committed.items() if k.startswith(("reward_", "gt_"))},
+                   "seconds": seconds, "sync": sync, "heldout": heldout,
+                   "train_run_id": train_summary.get("mlflow_run_id") if train_summary else None}
+        metrics = {**summary["reward_stats"], "pairs": summary["pairs"], "ties": summary["ties"],
+                   "below_margin": summary["below_margin"], **{f"seconds_{k}": v for k, v in seconds.items()},
+                   **{f"sync_{k}": v for k, v in sync.items()}}
+        for d, (rate, lo, hi) in (heldout or {}).get("win_rate", {}).items():
+            metrics.update({f"heldout_win_{d}": rate, f"heldout_win_{d}_lo": lo, f"heldout_win_{d}_hi": hi})
+        for d, v in (heldout or {}).get("policy_mean", {}).items():
+            metrics[f"heldout_gt_{d}"] = v
+        self.tracker.log_metrics(metrics, step=r)
+        write_text_atomic(rdir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    # ---- generate --------------------------------------------------------------------------------
+    def generate(self, r: int, version: int, prompts: list[str]) -> list[dict]:
+        """Every prompt group of round ``r`` sampled with policy ``version`` (finished groups reused)."""
+        from dataclasses import asdict
+
+        from videoalign_ray.online.generation import group_record_path, load_group_record
+        from videoalign_ray.online.selection import sample_seed
+        from videoalign_ray.pipelines.online_dpo import wait_all
+
+        records, todo = [None] * len(prompts), []
+        for i, prompt in enumerate(prompts):
+            seeds = [sample_seed(self.cfg.seed, r, i, k) for k in range(self.cfg.samples_per_prompt)]
+            records[i] = load_group_record(group_record_path(self.samples_dir, r, i), version, seeds)
+            if records[i] is None:
+                scene = self.scenes.get(prompt)
+                todo.append({"round": r, "prompt_index": i, "prompt": prompt, "seeds": seeds, "version": version,
+                             "scene": asdict(scene) if scene else None})
+        log.info("round %d: %d prompt groups to generate, %d reused", r, len(todo), len(prompts) - len(todo))
+        if todo:
+            actors = self._actors()
+            ref = [self._policy_ref()]
+            refs = [actors[j % len(actors)].generate.remote(task, ref) for j, task in enumerate(todo)]
+            for task, rec in zip(todo, wait_all(refs, f"round {r} generation", self.cfg.group_timeout_s), strict=True):
+                records[task["prompt_index"]] = rec
+        return records
+
+    def _actors(self):
+        import ray
+
+        from videoalign_ray.online.generation import GenerationActor
+        from videoalign_ray.pipelines.online_dpo import wait_all
+
+        if self.actors is None:
+            fail_on = tuple(int(x) for x in self.cfg.fail_generator_on.split(",")) if self.cfg.fail_generator_on else None
+            # CPU-only: the actors reserve no CPU, so the Flow-DPO workers can start while they sit idle.
+            options = dict(num_gpus=1, num_cpus=1) if self.use_gpu else dict(num_cpus=0)
+            cls = ray.remote(GenerationActor).options(max_restarts=1, max_task_retries=1, **options)
+            self.actors = [cls.remote(self.spec, str(self.samples_dir), str(self.out / ".generator_fault"), fail_on)
+                           for _ in range(self.cfg.generators)]
+            wait_all([a.current_version.remote() for a in self.actors], "generation actors start",
+                     self.cfg.actor_start_timeout_s)
+        return self.actors
+
+    def _policy_ref(self):
+        """The object-store reference of the current policy (put once per version)."""
+        import ray
+
+        if self.policy is None:
+            return None
+        if self.policy_ref is None:
+            self.policy_ref = ray.put(_policy_payload(self.policy))
+        return self.policy_ref
+
+    # ---- score -----------------------------------------------------------------------------------
+    def score(self, r: int, records: list[dict]) -> list[list[list[float]]]:
+        """``(groups, K, 3)`` rewards; served rewards are kept per group (``pNNNN.reward.json``) for reruns."""
+        from videoalign_ray.online.scoring import ground_truth_rewards, served_rewards
+
+        if self.reward_kind == "ground-truth":
+            return [ground_truth_rewards(rec) for rec in records]
+        folder = self.samples_dir / round_dir_name(r)
+        out, missing = [None] * len(records), []
+        for g, rec in enumerate(records):
+            f = folder / f"p{rec['prompt_index']:04d}.reward.json"
+            saved = json.loads(f.read_text()) if f.is_file() else None
+            if saved and saved["paths"] == [s["path"] for s in rec["samples"]]:
+                out[g] = saved["rewards"]
+            else:
+                missing.append(g)
+        if missing:
+            handle = self._reward_handle()
+            items = [(records[g]["prompt"], s["path"]) for g in missing for s in records[g]["samples"]]
+            flat = served_rewards(handle, self.cfg.reward_endpoint or REWARD_APP, items,
+                                  timeout_s=self.cfg.reward_timeout_s, attempts=self.cfg.reward_attempts)
+            k = self.cfg.samples_per_prompt
+            for n, g in enumerate(missing):
+                out[g] = flat[n * k : (n + 1) * k]
+                rec = records[g]
+                write_text_atomic(folder / f"p{rec['prompt_index']:04d}.reward.json", json.dumps(
+                    {"paths": [s["path"] for s in rec["samples"]], "rewards": out[g]}))
+        return out
+
+    def _reward_handle(self):
+        from ray import serve
+
+        if self.handle is not None:
+            return self.handle
+        if self.cfg.reward_endpoint:
+            try:
+                self.handle = serve.get_app_handle(self.cfg.reward_endpoint)
+            except Exception as exc:  # noqa: BLE001 - Serve raises several types for "not running"
+                from videoalign_ray.errors import ConfigError
+
+                raise ConfigError(f"no running Serve app {self.cfg.reward_endpoint!r} on this Ray cluster "
+                                  f"(start jobs/serve_reward.py and set RAY_ADDRESS to its cluster): {exc}") from exc
+            return self.handle
+        from videoalign_ray.serve.app import build_app
+
+        serve.start(proxy_location="Disabled")  # handle calls only: no HTTP port
+        settings = {"checkpoint": self.cfg.reward_checkpoint, "data_roots": [str(self.samples_dir)]}
+        autoscaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
+        self.handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0 if not self.use_gpu else 1,
+                                          num_gpus=1 if self.use_gpu else 0),
+                                name=REWARD_APP, route_prefix=None)
+        self.deployed_app = True
+        return self.handle
+
+    # ---- train, sync, evaluate ---------------------------------------------------------------------
+    def _flow_cfg(self, r: int, data: str | None, init: Path | None):
+        from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig
+
+        cfg = self.cfg
+        values = dict(
+            output_dir=str(self.out / "rounds" / round_dir_name(r) / "train"), data=data, preset=cfg.preset,
+            model_path=str(self.model_dir), num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
+            max_steps=cfg.steps_per_round, batch_size=cfg.batch_size, num_workers=cfg.num_workers, lr=cfg.lr,
+            beta=cfg.beta, lora_rank=cfg.lora_rank, seed=cfg.seed + r, checkpoint_every=max(1, cfg.steps_per_round // 2),
+            num_samples=0, cache_dir=str(self.out / "cache"), mlflow_tracking_uri=self.job.tracking_uri,
+            mlflow_experiment=cfg.mlflow_experiment, run_name=f"round-{r:03d}", log_level=cfg.log_level,
+            init_weights=str(init) if init else None)
+        return validate_config(FlowDPOConfig, values)
+
+    def train(self, r: int, store):
+        """One Flow-DPO run on round ``r``'s pairs (plus ``replay_rounds`` earlier ones), from the current
+        policy; returns (new policy folder, the run's summary). No pair at all: the policy stays."""
+        from mlflow.tracking import MlflowClient
+
+        from videoalign_ray.pipelines.flow_dpo import run_flow_job
+        from videoalign_ray.runtime.fileio import atomic_path
+
+        rounds = [x for x in range(max(1, r - self.cfg.replay_rounds), r + 1) if x in store.committed()]
+        table = store.read(rounds)
+        if table.empty:
+            log.warning("round %d: no pair kept (all ties or below margin); the policy is unchanged", r)
+            return self.policy, None
+        data = self.out / "rounds" / round_dir_name(r) / "train_pairs.parquet"
+        with atomic_path(data) as tmp:
+            table.to_parquet(tmp, index=False)
+        summary = run_flow_job(self._flow_cfg(r, str(data), self.policy))
+        MlflowClient(self.job.tracking_uri).set_tag(summary["mlflow_run_id"], "mlflow.parentRunId",
+                                                    self.tracker.run_id)
+        return Path(summary["checkpoint"]), summary
+
+    def sync(self, r: int, policy: Path | None) -> dict:
+        """Put the new policy in the object store once and load it on every live actor (versioned)."""
+        import ray
+
+        from videoalign_ray.pipelines.online_dpo import wait_all
+
+        self.policy, self.policy_ref = policy, None
+        if policy is None or self.actors is None:
+            return {}
+        t = time.monotonic()
+        payload = _policy_payload(policy)
+        self.policy_ref = ray.put(payload)
+        versions = wait_all([a.set_policy.remote(r, self.policy_ref) for a in self.actors], f"round {r} weight sync",
+                            self.cfg.actor_start_timeout_s)
+        if set(versions) != {r}:
+            raise RuntimeError(f"weight sync: actors report versions {versions}, expected {r}")
+        nbytes = sum(v.numel() * v.element_size() for v in payload["state"].values())
+        return {"bytes": nbytes, "seconds": time.monotonic() - t, "actors": len(self.actors)}
+
+    def evaluate(self, r: int, policy: Path | None, rdir: Path) -> dict | None:
+        """Held-out world prompts: the policy vs the base by ground truth (same seeds), a grid image."""
+        from videoalign_ray.synthetic.evaluate import Generator, compare_generators
+        from videoalign_ray.synthetic.world import split_scenes
+
+        if self.cfg.eval_samples_per_prompt == 0 or policy is None:
+            return None
+        held = split_scenes(seed=self.cfg.seed)[1]
+        res = compare_generators(
+            Generator(str(self.model_dir), str(policy)), Generator(str(self.model_dir)), held,
+            samples_per_prompt=self.cfg.eval_samples_per_prompt, seed=self.cfg.seed + 7,
+            num_frames=self.spec.num_frames, height=self.spec.height, width=self.spec.width,
+            max_text_tokens=self.spec.max_text_tokens, steps=self.cfg.sample_steps, shift=self.cfg.sample_shift,
+            grid_path=rdir / "heldout_grid.png")
+        self.tracker.log_artifact(rdir / "heldout_grid.png", f"round_{r:03d}")
+        return {k: res[k] for k in ("n", "win_rate", "policy_mean", "reference_mean")}
+
+    def close(self) -> None:
+        """Stop the actors and the reward app this job deployed (an app given by name keeps running)."""
+        import ray
+
+        for a in self.actors or []:
+            ray.kill(a)
+        self.actors = None
+        if self.deployed_app:
+            from ray import serve
+
+            serve.delete(REWARD_APP)
+
+
+def _policy_payload(policy: Path) -> dict:
+    """``{"state", "rank", "alpha"}`` of a LoRA run's ``final/adapter`` (safetensors)."""
+    from videoalign_ray.flow.lora_export import read_adapter_state
+
+    state, rank, alpha = read_adapter_state(Path(policy) / "adapter")
+    return {"state": state, "rank": rank, "alpha": alpha}
+
+
+def _reward_stats(records: list[dict], rewards) -> dict:
+    """Mean/std of the round's rewards per dimension, and of the ground truth where the samples have it."""
+    import numpy as np
+
+    r = np.asarray(rewards, np.float64).reshape(-1, 3)
+    stats = {}
+    for i, d in enumerate(DIMENSIONS):
+        stats[f"reward_mean_{d}"], stats[f"reward_std_{d}"] = float(r[:, i].mean()), float(r[:, i].std())
+    gt = [s["ground_truth"] for rec in records for s in rec["samples"] if "ground_truth" in s]
+    if gt:
+        for d in DIMENSIONS:
+            stats[f"gt_mean_{d}"] = float(np.mean([g[d] for g in gt]))
+    return stats
