@@ -35,6 +35,8 @@ def local_ray():
     """A local Ray for one test module (2 CPUs, no dashboard)."""
     import ray
 
+    if ray.is_initialized():  # a Ray API called after an earlier module's shutdown auto-connects a fresh Ray
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -176,4 +177,8 @@ class GenerationActor:
         if marker.exists():
             return
         marker.write_text(f"actor pid {os.getpid()} killed on round {round_} prompt {prompt_index}\n")
+        # Let the reply of this actor's previous task leave first: an exit within milliseconds of it loses that
+        # reply, Ray retries the finished task too (seen: the group before the killed one generated twice), and
+        # the test could no longer tell a retried group from a redone one.
+        time.sleep(1.0)
         os._exit(1)
