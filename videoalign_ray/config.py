@@ -141,7 +141,13 @@ class TrainSection(JobConfig):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     max_steps: int = Field(30, ge=0, description="Optimizer steps in total (a resumed run continues up to this).")
     batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (set from --global-batch when given).")
+    global_batch: int | None = Field(
+        None, ge=1, description="Pairs per optimizer step over all workers: grad_accum = global_batch / (batch_size "
+        "x num_workers), which must divide; the same value on any GPU count.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute each transformer block in the backward pass (diffusers / transformers "
+        "checkpointing): ~10x less activation memory for ~30% more compute. Default: on for real models, off for tiny.")
     lr: float | None = Field(None, gt=0, description="Learning rate; default from the preset (paper: 5e-6).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
     lr_schedule: Literal["constant", "cosine"] = Field(

@@ -57,6 +57,8 @@ def _build_model(cfg: LoopConfig):
             _load_init_adapter(policy, cfg)
     elif cfg.objective == "dpo":  # full fine-tuning: a frozen copy is the reference
         reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:  # the no-grad reference pass stores nothing, so only the policy needs it
+        policy.enable_gradient_checkpointing()
     policy.train()
     return policy, reference
 

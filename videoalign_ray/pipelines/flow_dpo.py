@@ -8,6 +8,7 @@ and re-attaches to the same MLflow run.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,8 @@ from videoalign_ray.config import (
 from videoalign_ray.data.io import LoadResult, check_reject_budget, load_pairs, write_rejects
 from videoalign_ray.runtime.fileio import atomic_dir
 from videoalign_ray.runtime.job import job_run
+
+log = logging.getLogger(__name__)
 
 
 class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
@@ -59,6 +62,9 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
     sample_guidance: float = Field(1.0, ge=1.0, description="CFG scale for samples (1 = off).")
     sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift (Wan2.1 480p uses 3.0).")
+    gpu_memory_gib: float = Field(
+        80.0, gt=0, description="GPU memory per worker; a real-preset step that the memory model "
+        "(videoalign_ray/flow/memory.py) puts above 85% of it gets a warning before training starts.")
 
 
 class FlowRWRConfig(FlowDPOConfig):
@@ -154,11 +160,38 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         return _run(cfg, job)
 
 
+def _check_memory(cfg: FlowDPOConfig, model_dir: Path, clip: tuple[int, int, int], micro_batch: int, lora_rank: int,
+                  checkpointing: bool, tracker) -> None:
+    """Log the memory model's GiB for this step (MLflow ``memory/*``) and warn when it will not fit."""
+    from videoalign_ray.flow.memory import step_memory
+
+    config = json.loads((model_dir / "transformer" / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    num_frames, height, width = clip
+    est = step_memory(config, num_frames=num_frames, height=height, width=width, micro_batch=micro_batch,
+                      lora_rank=lora_rank if cfg.finetune == "lora" else None, gradient_checkpointing=checkpointing,
+                      zero_stage=cfg.zero_stage, world_size=cfg.num_workers)
+    tracker.log_metrics({"memory/predicted_gib": est.total, "memory/activations_gib": est.activations}, step=0)
+    line = (f"memory model: {est.total:.1f} GiB per worker ({est.weights:.1f} weights + {est.trainable:.1f} trainable "
+            f"+ {est.activations:.1f} activations) for {micro_batch} pair(s) of {num_frames}x{height}x{width}, "
+            f"gradient checkpointing {'on' if checkpointing else 'off'}")
+    if est.fits(cfg.gpu_memory_gib):
+        log.info(line)
+    else:
+        log.warning("%s: above 85%% of --gpu-memory-gib %.0f; lower --batch-size (raise --grad-accum or set "
+                    "--global-batch) or turn on --gradient-checkpointing", line, cfg.gpu_memory_gib)
+
+
 def _run(cfg: FlowDPOConfig, job) -> dict:
     from videoalign_ray.flow.model import PRESETS, resolve_model_dir
     from videoalign_ray.flow.pipeline import encode_pairs
     from videoalign_ray.flow.train_loop import LoopConfig, loop_config_dict, train_loop_per_worker
-    from videoalign_ray.runtime.launch import make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.runtime.launch import (
+        make_trainer,
+        resolve_grad_accum,
+        split_for_workers,
+        use_gpu_default,
+    )
 
     out, tracker = job.out, job.tracker
     run_name = cfg.run_name or out.name
@@ -185,17 +218,22 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     n_pairs = encoded.dataset.count()
     shards, per_worker, micro_batch = split_for_workers(encoded.dataset, cfg.num_workers, cfg.batch_size)
     lora_rank = cfg.lora_rank or preset.lora_rank
+    grad_accum = resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum)
+    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not cfg.preset.startswith("tiny")
+    if not cfg.preset.startswith("tiny"):
+        _check_memory(cfg, model_dir, (num_frames, height, width), micro_batch, lora_rank, checkpointing, tracker)
     loop_cfg = LoopConfig(
         model_dir=str(model_dir), objective=cfg.objective, finetune=cfg.finetune, lora_rank=lora_rank,
         lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or preset.lr, weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip, beta=cfg.beta, beta_schedule=cfg.beta_schedule, t_sampling=cfg.t_sampling,
         logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, t_shift=cfg.t_shift, micro_batch=micro_batch,
-        grad_accum=cfg.grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
+        grad_accum=grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
         mlflow_tracking_uri=job.tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
         rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
+        gradient_checkpointing=checkpointing,
     )
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,

@@ -69,7 +69,12 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
         loop_config_dict,
         train_loop_per_worker,
     )
-    from videoalign_ray.runtime.launch import make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.runtime.launch import (
+        make_trainer,
+        resolve_grad_accum,
+        split_for_workers,
+        use_gpu_default,
+    )
     from videoalign_ray.synthetic.world import train_val_tables
 
     out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
@@ -91,7 +96,8 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
     shards, per_worker, micro_batch = split_for_workers(enc.dataset, cfg.num_workers, cfg.batch_size)
     loop_cfg = LatentRewardLoopConfig(
         model_dir=str(model_dir), num_blocks=cfg.num_blocks, loss=cfg.loss, noise=cfg.noise, lr=cfg.lr or 3e-4,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, micro_batch=micro_batch, grad_accum=cfg.grad_accum,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, micro_batch=micro_batch,
+        grad_accum=resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum),
         zero_stage=cfg.zero_stage, bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu),
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,

@@ -72,7 +72,12 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         score_margins,
         train_loop_per_worker,
     )
-    from videoalign_ray.runtime.launch import make_trainer, split_for_workers, use_gpu_default
+    from videoalign_ray.runtime.launch import (
+        make_trainer,
+        resolve_grad_accum,
+        split_for_workers,
+        use_gpu_default,
+    )
     from videoalign_ray.synthetic.world import train_val_tables
 
     out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
@@ -109,7 +114,9 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         tokenizer_dir=str(tok_dir), model_path=cfg.model_path, output_dim=cfg.output_dim,
         reward_token=cfg.reward_token, loss=cfg.loss, lm_training=lm_training, lora_rank=lora_rank,
         lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (5e-4 if tiny else 2e-6), grad_clip=cfg.grad_clip,
-        weight_decay=cfg.weight_decay, micro_batch=micro_batch, grad_accum=cfg.grad_accum,
+        weight_decay=cfg.weight_decay, micro_batch=micro_batch,
+        grad_accum=resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum),
+        gradient_checkpointing=cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not tiny,
         zero_stage=cfg.zero_stage,
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps,

@@ -144,6 +144,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     model, proc = build_reward_model(cfg.tokenizer_dir, cfg.model_path, cfg.output_dim, cfg.reward_token, cfg.seed,
                                      cfg.lm_training, cfg.lora_rank, cfg.lora_alpha)
+    if cfg.gradient_checkpointing:  # Qwen2-VL's LM and vision blocks recompute in the backward pass
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     engine = init_engine(model, cfg.deepspeed_config(world))
     loss_fn = btt_loss if cfg.loss == "btt" else bt_loss

@@ -69,6 +69,7 @@ class LoopCommon:
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.0
+    gradient_checkpointing: bool = False
 
     def deepspeed_config(self, world_size: int) -> dict:
         """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.runtime.strategy.deepspeed_config`;

@@ -54,6 +54,24 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
     )
 
 
+def resolve_grad_accum(global_batch: int | None, micro_batch: int, num_workers: int, grad_accum: int) -> int:
+    """Gradient-accumulation steps: ``global_batch / (micro_batch * num_workers)`` when a global batch is given
+    (so the same config trains with the same batch on 8 or 64 GPUs), else ``grad_accum``.
+
+    Raises:
+        ConfigError: a global batch that the micro-batch times the workers does not divide.
+    """
+    if global_batch is None:
+        return grad_accum
+    per_step = micro_batch * num_workers
+    if global_batch % per_step:
+        from videoalign_ray.errors import ConfigError
+
+        raise ConfigError(f"--global-batch {global_batch} is not a multiple of micro-batch {micro_batch} x "
+                          f"{num_workers} workers = {per_step}")
+    return global_batch // per_step
+
+
 def split_for_workers(dataset, num_workers: int, batch_size: int) -> tuple[list, int, int]:
     """Equal per-rank shards; returns (shards, rows per worker, micro-batch clipped to it).
 
