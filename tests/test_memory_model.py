@@ -99,3 +99,23 @@ def test_a_config_that_will_not_fit_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="videoalign_ray.pipelines.flow_dpo"):
         _check_memory(cfg, tmp_path, (9, 64, 64), 1, 8, True, tracker)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("videoalign_ray")]
+
+
+def test_the_wan_cluster_config_fits_by_the_model():
+    from pathlib import Path
+
+    import yaml
+
+    from videoalign_ray.config import validate_config
+    from videoalign_ray.flow.model import PRESETS
+    from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig
+
+    values = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster" / "flow_dpo_wan.yaml").read_text())
+    cfg = validate_config(FlowDPOConfig, values)
+    preset = PRESETS[cfg.preset]
+    assert resolve_grad_accum(cfg.global_batch, cfg.batch_size, cfg.num_workers, cfg.grad_accum) * cfg.batch_size * \
+        cfg.num_workers == 64  # the paper's batch
+    est = step_memory(WAN21_T2V_1_3B, num_frames=preset.num_frames, height=preset.height, width=preset.width,
+                      micro_batch=cfg.batch_size, lora_rank=cfg.lora_rank, gradient_checkpointing=cfg.gradient_checkpointing,
+                      zero_stage=cfg.zero_stage, world_size=cfg.num_workers)
+    assert est.fits(cfg.gpu_memory_gib), est

@@ -153,8 +153,9 @@ def step_memory(config: dict, *, num_frames: int, height: int, width: int, micro
             model.enable_gradient_checkpointing()
         model.train()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        batch = {"chosen": torch.randn(micro_batch, LATENT_CHANNELS, f, h, w),
-                 "rejected": torch.randn(micro_batch, LATENT_CHANNELS, f, h, w),
+        channels = config.get("in_channels", LATENT_CHANNELS)
+        batch = {"chosen": torch.randn(micro_batch, channels, f, h, w),
+                 "rejected": torch.randn(micro_batch, channels, f, h, w),
                  "prompt_embeds": torch.randn(micro_batch, text_tokens, config["text_dim"], dtype=torch.bfloat16)}
         cfg = LoopConfig(model_dir="", objective="dpo", finetune="lora" if lora_rank else "full", lora_rank=lora_rank or 0,
                          lora_alpha=2.0 * (lora_rank or 0), beta=500.0, beta_schedule="constant", t_sampling="uniform",
@@ -164,9 +165,13 @@ def step_memory(config: dict, *, num_frames: int, height: int, width: int, micro
         tracker = LiveTensorBytes()
         tracker.ignore([*model.parameters(), *model.buffers(), *batch.values()])
         with tracker:
-            loss, _ = compute_loss(model, None, batch, cfg, torch.Generator().manual_seed(0), "cpu", torch.bfloat16)
+            # full fine-tuning: the reference is a frozen copy (its no-grad pass stores the same as the same
+            # network would; its weights are added below)
+            reference = None if lora_rank else model
+            loss, _ = compute_loss(model, reference, batch, cfg, torch.Generator().manual_seed(0), "cpu",
+                                   torch.bfloat16)
             loss.backward()
-    frozen = params if lora_rank else 0
+    frozen = params if lora_rank else trainable  # LoRA: the base; full: the reference copy
     optimizer_div = world_size if zero_stage >= 1 else 1
     grad_div = world_size if zero_stage >= 2 else 1
     trainable_bytes = trainable * (2 + 2 / grad_div + 12 / optimizer_div)
