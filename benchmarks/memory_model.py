@@ -34,8 +34,8 @@ def cuda_step(config: dict, frames: int, height: int, width: int, micro_batch: i
     import torch
     from diffusers import WanTransformer3DModel
 
-    from videoalign_ray.flow.memory import LATENT_CHANNELS, _build, latent_size
-    from videoalign_ray.flow.train_loop import LoopConfig, compute_loss
+    from videoalign_ray.flow.memory import LATENT_CHANNELS, _build, dpo_step_config, latent_size
+    from videoalign_ray.flow.train_loop import compute_loss
 
     torch.cuda.reset_peak_memory_stats()
     with torch.device("cuda"):
@@ -46,11 +46,7 @@ def cuda_step(config: dict, frames: int, height: int, width: int, micro_batch: i
     f, h, w = latent_size(frames, height, width)
     batch = {k: torch.randn(micro_batch, LATENT_CHANNELS, f, h, w, device="cuda") for k in ("chosen", "rejected")}
     batch["prompt_embeds"] = torch.randn(micro_batch, 512, config["text_dim"], device="cuda", dtype=torch.bfloat16)
-    cfg = LoopConfig(model_dir="", objective="dpo", finetune="lora", lora_rank=64, lora_alpha=128.0, beta=500.0,
-                     beta_schedule="constant", t_sampling="uniform", logit_mean=0.0, logit_std=1.0, t_shift=1.0,
-                     lr=1e-5, grad_clip=1.0, micro_batch=micro_batch, grad_accum=1, zero_stage=2, bf16=True,
-                     max_steps=1, checkpoint_every=1, log_every=1, seed=0, mlflow_tracking_uri="", mlflow_run_id="",
-                     fault_marker="")
+    cfg = dpo_step_config(micro_batch, 64)
     base = torch.cuda.memory_allocated()
     loss, _ = compute_loss(model, None, batch, cfg, torch.Generator().manual_seed(0), "cuda", torch.bfloat16)
     loss.backward()

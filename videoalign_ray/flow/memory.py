@@ -117,6 +117,17 @@ def _build(cls, config: dict, lora_rank: int | None):
     return model
 
 
+def dpo_step_config(micro_batch: int, lora_rank: int | None, zero_stage: int = 2):
+    """The LoopConfig of one bf16 Flow-DPO micro-step with the paper's beta (only the step's shape matters)."""
+    from videoalign_ray.flow.train_loop import LoopConfig
+
+    return LoopConfig(model_dir="", objective="dpo", finetune="lora" if lora_rank else "full", lora_rank=lora_rank or 0,
+                      lora_alpha=2.0 * (lora_rank or 0), beta=500.0, beta_schedule="constant", t_sampling="uniform",
+                      logit_mean=0.0, logit_std=1.0, t_shift=1.0, lr=1e-5, grad_clip=1.0, micro_batch=micro_batch,
+                      grad_accum=1, zero_stage=zero_stage, bf16=True, max_steps=1, checkpoint_every=1, log_every=1,
+                      seed=0, mlflow_tracking_uri="", mlflow_run_id="", fault_marker="")
+
+
 def step_memory(config: dict, *, num_frames: int, height: int, width: int, micro_batch: int, text_tokens: int = 512,
                 lora_rank: int | None = 64, gradient_checkpointing: bool = True, zero_stage: int = 2,
                 world_size: int = 8, fake: bool = True) -> StepMemory:
@@ -128,7 +139,7 @@ def step_memory(config: dict, *, num_frames: int, height: int, width: int, micro
     """
     from diffusers import WanTransformer3DModel
 
-    from videoalign_ray.flow.train_loop import LoopConfig, compute_loss
+    from videoalign_ray.flow.train_loop import compute_loss
 
     f, h, w = latent_size(num_frames, height, width)
     if h % config["patch_size"][1] or w % config["patch_size"][2]:
@@ -157,11 +168,7 @@ def step_memory(config: dict, *, num_frames: int, height: int, width: int, micro
         batch = {"chosen": torch.randn(micro_batch, channels, f, h, w),
                  "rejected": torch.randn(micro_batch, channels, f, h, w),
                  "prompt_embeds": torch.randn(micro_batch, text_tokens, config["text_dim"], dtype=torch.bfloat16)}
-        cfg = LoopConfig(model_dir="", objective="dpo", finetune="lora" if lora_rank else "full", lora_rank=lora_rank or 0,
-                         lora_alpha=2.0 * (lora_rank or 0), beta=500.0, beta_schedule="constant", t_sampling="uniform",
-                         logit_mean=0.0, logit_std=1.0, t_shift=1.0, lr=1e-5, grad_clip=1.0, micro_batch=micro_batch,
-                         grad_accum=1, zero_stage=zero_stage, bf16=True, max_steps=1, checkpoint_every=1, log_every=1,
-                         seed=0, mlflow_tracking_uri="", mlflow_run_id="", fault_marker="")
+        cfg = dpo_step_config(micro_batch, lora_rank, zero_stage)
         tracker = LiveTensorBytes()
         tracker.ignore([*model.parameters(), *model.buffers(), *batch.values()])
         with tracker:
