@@ -34,8 +34,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def local_ray():
     """A local Ray for one test module (2 CPUs, no dashboard)."""
     import ray
+    from ray._private import auto_init_hook
 
-    if ray.is_initialized():  # a Ray API called after an earlier module's shutdown auto-connects a fresh Ray
+    # A thread an earlier module left behind (a Serve handle's metrics pusher, a finalizer) that calls a Ray
+    # API auto-connects a fresh Ray; in CI one did so while this fixture's ray.init was starting its node
+    # ("ray.init twice"). The pytest process never relies on auto-connect: turn it off here only.
+    auto_init_hook.enable_auto_connect = False
+    if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield

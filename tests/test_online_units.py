@@ -90,3 +90,14 @@ def test_bad_prompts_are_rejected_with_row_and_reason():
     reasons = {r.row: r.reason for r in rejects}
     assert reasons[2] == "empty prompt" and reasons[3] == "duplicate of row 1"
     assert "40 tokens, over the text encoder's 16" in reasons[4] and "no ground-truth" in reasons[6]
+
+
+def test_guidance_without_a_reward_endpoint_is_refused():
+    from pydantic import ValidationError
+
+    from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
+
+    with pytest.raises(ValidationError, match="reward-endpoint"):
+        OnlineDPOConfig(guidance_scale=1.0)
+    assert OnlineDPOConfig(guidance_scale=1.0, reward_endpoint="reward").guidance_scale == 1.0
+    assert OnlineDPOConfig().guidance_scale == 0.0

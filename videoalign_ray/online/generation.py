@@ -14,27 +14,28 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from videoalign_ray.flow.pipeline import EncodeSpec
 
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """What every generation actor loads and how it samples (plain values: crosses processes)."""
+    """What every generation actor loads and how it samples (plain values: crosses processes).
 
-    model_dir: str
-    cache_dir: str
-    num_frames: int
-    height: int
-    width: int
-    max_text_tokens: int
+    ``encode``: the model folder, latent cache, clip size (frames, pixels) and text length, shared with the
+    Flow-DPO job's :class:`~videoalign_ray.flow.pipeline.EncodeSpec` so generated latents land under the keys
+    that job looks up. ``fps``: frames per second of the written mp4s.
+    """
+
+    encode: EncodeSpec
     fps: int
-    vae_id: str
-    text_encoder_id: str
     steps: int = 20
     shift: float = 1.0
     guidance_scale: float = 0.0
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     reward_endpoint: str | None = None
-    use_gpu: bool = False
 
 
 def group_record_path(samples_dir: str | Path, round_: int, prompt_index: int) -> Path:
@@ -74,12 +75,13 @@ class GenerationActor:
         from videoalign_ray.data.cache import TensorCache
         from videoalign_ray.flow.model import TextEncoder, load_transformer, load_vae
 
-        device = "cuda" if spec.use_gpu else "cpu"
+        enc = spec.encode
+        device = "cuda" if enc.use_gpu else "cpu"
         self.spec, self.samples_dir, self.device = spec, Path(samples_dir), device
-        self.transformer = load_transformer(spec.model_dir).eval().to(device)
-        self.vae = load_vae(spec.model_dir).to(device)
-        self.text = TextEncoder(spec.model_dir, spec.max_text_tokens, device)
-        self.cache = TensorCache(spec.cache_dir)
+        self.transformer = load_transformer(enc.model_dir).eval().to(device)
+        self.vae = load_vae(enc.model_dir).to(device)
+        self.text = TextEncoder(enc.model_dir, enc.max_text_tokens, device)
+        self.cache = TensorCache(enc.cache_dir)
         self.version, self.lora = 0, None
         self.guide = None
         if spec.guidance_scale > 0 and spec.reward_endpoint:
@@ -141,12 +143,12 @@ class GenerationActor:
         self._maybe_fail(round_, idx)
         if self.version != version:
             self.set_policy(version, ray.get(policy_ref[0]) if version > 0 else None)
-        spec = self.spec
-        shape = latent_shape(self.vae.config, spec.num_frames, spec.height, spec.width)
+        spec, enc = self.spec, self.spec.encode
+        shape = latent_shape(self.vae.config, enc.num_frames, enc.height, enc.width)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in task["seeds"]])
         embeds = self.text.encode([task["prompt"]] * len(task["seeds"]))
         # the training job's prompt-embedding cache entry too: its run then starts no text-encoder actor
-        self.cache.put(prompt_key(task["prompt"], spec.text_encoder_id, spec.max_text_tokens), embeds[0])
+        self.cache.put(prompt_key(task["prompt"], enc.text_encoder_id, enc.max_text_tokens), embeds[0])
         latents = sample_latents(self.transformer, embeds.to(self.device), noise.to(self.device),
                                  num_steps=spec.steps, shift=spec.shift, reward_guide=self.guide,
                                  reward_weights=tuple(spec.weights), reward_scale=spec.guidance_scale).float().cpu()
@@ -154,7 +156,7 @@ class GenerationActor:
         samples = []
         for k, (seed, video) in enumerate(zip(task["seeds"], videos, strict=True)):
             path = write_mp4(folder / f"p{idx:04d}_s{k:02d}.mp4", video, fps=spec.fps)
-            key = video_key(str(path), spec.num_frames, spec.height, spec.width, spec.vae_id)
+            key = video_key(str(path), enc.num_frames, enc.height, enc.width, enc.vae_id)
             self.cache.put(key, latents[k])
             sample = {"sample": k, "seed": seed, "path": str(path), "latent_key": key}
             if task.get("scene"):
@@ -164,7 +166,7 @@ class GenerationActor:
                 sample["ground_truth"] = score_video(video, Scene(**task["scene"]))
             samples.append(sample)
         record = {"round": round_, "prompt_index": idx, "prompt": task["prompt"], "seeds": list(task["seeds"]),
-                  "policy_version": self.version, "cache_dir": spec.cache_dir, "samples": samples,
+                  "policy_version": self.version, "cache_dir": enc.cache_dir, "samples": samples,
                   "spec": {k: v for k, v in asdict(spec).items() if k in ("steps", "shift", "guidance_scale")}}
         write_text_atomic(group_record_path(self.samples_dir, round_, idx), json.dumps(record, indent=1))
         return record

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from videoalign_ray.config import ModelSection, RuntimeSection, Weights, parse_weights
 from videoalign_ray.runtime.job import job_run
@@ -61,8 +61,17 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
                                          "per-round win rate vs the base (0: off).")
     actor_start_timeout_s: float = Field(300.0, gt=0, description="Seconds for the generation actors to load.")
     group_timeout_s: float = Field(1800.0, gt=0, description="Seconds one prompt group may take to generate.")
+    generator_replacements: int = Field(2, ge=0, description="Dead generation actors replaced (and their "
+                                        "groups sent again) before the job fails.")
     fail_generator_on: str | None = Field(None, description="Fault injection for tests: 'ROUND,PROMPT' kills "
                                           "the actor generating it, once.")
+
+    @model_validator(mode="after")
+    def _guidance_needs_an_endpoint(self) -> OnlineDPOConfig:
+        if self.guidance_scale > 0 and not self.reward_endpoint:
+            raise ValueError("guidance_scale > 0 guides sampling with a served reward app: give --reward-endpoint "
+                             "(the name of a running Serve reward app)")
+        return self
 
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> dict:

@@ -41,12 +41,10 @@ class RoundRunner:
             raise ConfigError("--reward served needs --reward-checkpoint or --reward-endpoint")
         espec = encode_spec(self._flow_cfg(1, None, None), self.model_dir, self.out, self.use_gpu)
         self.spec = GeneratorSpec(
-            model_dir=str(self.model_dir), cache_dir=espec.cache_dir, num_frames=espec.num_frames,
-            height=espec.height, width=espec.width, max_text_tokens=espec.max_text_tokens, fps=self.preset.fps,
-            vae_id=espec.vae_id, text_encoder_id=espec.text_encoder_id, steps=cfg.sample_steps, shift=cfg.sample_shift, guidance_scale=cfg.guidance_scale,
-            weights=parse_weights(cfg.weights), reward_endpoint=cfg.reward_endpoint, use_gpu=self.use_gpu)
+            encode=espec, fps=self.preset.fps, steps=cfg.sample_steps, shift=cfg.sample_shift,
+            guidance_scale=cfg.guidance_scale, weights=parse_weights(cfg.weights), reward_endpoint=cfg.reward_endpoint)
         self.samples_dir = self.out / "samples"
-        self.actors, self.handle, self.deployed_app = None, None, False
+        self.pool, self.handle, self.deployed_app = None, None, False
         self.policy: Path | None = None  # None: the base (version 0)
         self.policy_ref = None
 
@@ -131,7 +129,6 @@ class RoundRunner:
 
         from videoalign_ray.online.generation import group_record_path, load_group_record
         from videoalign_ray.online.selection import sample_seed
-        from videoalign_ray.pipelines.online_dpo import wait_all
 
         records, todo = [None] * len(prompts), []
         for i, prompt in enumerate(prompts):
@@ -143,29 +140,22 @@ class RoundRunner:
                              "scene": asdict(scene) if scene else None})
         log.info("round %d: %d prompt groups to generate, %d reused", r, len(todo), len(prompts) - len(todo))
         if todo:
-            actors = self._actors()
-            ref = [self._policy_ref()]
-            refs = [actors[j % len(actors)].generate.remote(task, ref) for j, task in enumerate(todo)]
-            for task, rec in zip(todo, wait_all(refs, f"round {r} generation", self.cfg.group_timeout_s), strict=True):
+            done = self._pool().generate(todo, [self._policy_ref()], f"round {r} generation")
+            for task, rec in zip(todo, done, strict=True):
                 records[task["prompt_index"]] = rec
         return records
 
-    def _actors(self):
-        import ray
+    def _pool(self):
+        from videoalign_ray.pipelines.generator_pool import GeneratorPool
 
-        from videoalign_ray.online.generation import GenerationActor
-        from videoalign_ray.pipelines.online_dpo import wait_all
-
-        if self.actors is None:
+        if self.pool is None:
             fail_on = tuple(int(x) for x in self.cfg.fail_generator_on.split(",")) if self.cfg.fail_generator_on else None
-            # CPU-only: the actors reserve no CPU, so the Flow-DPO workers can start while they sit idle.
-            options = dict(num_gpus=1, num_cpus=1) if self.use_gpu else dict(num_cpus=0)
-            cls = ray.remote(GenerationActor).options(max_restarts=1, max_task_retries=1, **options)
-            self.actors = [cls.remote(self.spec, str(self.samples_dir), str(self.out / ".generator_fault"), fail_on)
-                           for _ in range(self.cfg.generators)]
-            wait_all([a.current_version.remote() for a in self.actors], "generation actors start",
-                     self.cfg.actor_start_timeout_s)
-        return self.actors
+            self.pool = GeneratorPool(
+                self.spec, str(self.samples_dir), size=self.cfg.generators, use_gpu=self.use_gpu,
+                start_timeout_s=self.cfg.actor_start_timeout_s, task_timeout_s=self.cfg.group_timeout_s,
+                replacements=self.cfg.generator_replacements, fault_marker=str(self.out / ".generator_fault"),
+                fail_on=fail_on)
+        return self.pool
 
     def _policy_ref(self):
         """The object-store reference of the current policy (put once per version)."""
@@ -271,20 +261,17 @@ class RoundRunner:
         """Put the new policy in the object store once and load it on every live actor (versioned)."""
         import ray
 
-        from videoalign_ray.pipelines.online_dpo import wait_all
-
         self.policy, self.policy_ref = policy, None
-        if policy is None or self.actors is None:
+        if policy is None or self.pool is None or self.pool.actors is None:
             return {}
         t = time.monotonic()
         payload = _policy_payload(policy)
         self.policy_ref = ray.put(payload)
-        versions = wait_all([a.set_policy.remote(r, self.policy_ref) for a in self.actors], f"round {r} weight sync",
-                            self.cfg.actor_start_timeout_s)
+        versions = self.pool.set_policy(r, self.policy_ref)
         if set(versions) != {r}:
             raise RuntimeError(f"weight sync: actors report versions {versions}, expected {r}")
         nbytes = sum(v.numel() * v.element_size() for v in payload["state"].values())
-        return {"bytes": nbytes, "seconds": time.monotonic() - t, "actors": len(self.actors)}
+        return {"bytes": nbytes, "seconds": time.monotonic() - t, "actors": len(versions)}
 
     def evaluate(self, r: int, policy: Path | None, rdir: Path) -> dict | None:
         """Held-out world prompts: the policy vs the base by ground truth (same seeds), a grid image."""
@@ -297,19 +284,16 @@ class RoundRunner:
         res = compare_generators(
             Generator(str(self.model_dir), str(policy)), Generator(str(self.model_dir)), held,
             samples_per_prompt=self.cfg.eval_samples_per_prompt, seed=self.cfg.seed + 7,
-            num_frames=self.spec.num_frames, height=self.spec.height, width=self.spec.width,
-            max_text_tokens=self.spec.max_text_tokens, steps=self.cfg.sample_steps, shift=self.cfg.sample_shift,
+            num_frames=self.spec.encode.num_frames, height=self.spec.encode.height, width=self.spec.encode.width,
+            max_text_tokens=self.spec.encode.max_text_tokens, steps=self.cfg.sample_steps, shift=self.cfg.sample_shift,
             grid_path=rdir / "heldout_grid.png")
         self.tracker.log_artifact(rdir / "heldout_grid.png", f"round_{r:03d}")
         return {k: res[k] for k in ("n", "win_rate", "policy_mean", "reference_mean")}
 
     def close(self) -> None:
         """Stop the actors and the reward app this job deployed (an app given by name keeps running)."""
-        import ray
-
-        for a in self.actors or []:
-            ray.kill(a)
-        self.actors = None
+        if self.pool is not None:
+            self.pool.close()
         if self.deployed_app:
             from ray import serve
 

@@ -1,0 +1,136 @@
+"""The online loop's pool of generation actors, with its own recovery from an actor's death.
+
+Ray's actor-task retries are not used: an actor that dies is replaced by a fresh one (a bounded number of
+times per job), and the groups it held are sent again, to the replacement. Doing it here keeps every retry
+visible (a log line each) and avoids Ray's retry of a task whose reply was lost with the process, which in
+CI once surfaced as "object whose owner is unknown" in ``ray.wait``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorPool:
+    """``size`` :class:`~videoalign_ray.online.generation.GenerationActor` s, created on first use.
+
+    Args:
+        spec, samples_dir, fault_marker, fail_on: passed to every actor (see ``GenerationActor``).
+        size: actors in the pool.
+        use_gpu: one GPU and one CPU per actor; on CPU the actors reserve no CPU (the Flow-DPO workers of the
+            same job can start while they sit idle).
+        start_timeout_s: seconds an actor may take to load (start and replacement).
+        task_timeout_s: seconds without any group finishing before :meth:`generate` fails.
+        replacements: dead actors this pool replaces over its life before it gives up.
+    """
+
+    def __init__(self, spec, samples_dir: str, *, size: int, use_gpu: bool, start_timeout_s: float,
+                 task_timeout_s: float, replacements: int = 2, fault_marker: str | None = None,
+                 fail_on: tuple[int, int] | None = None):
+        self.spec, self.samples_dir, self.size, self.use_gpu = spec, samples_dir, size, use_gpu
+        self.start_timeout_s, self.task_timeout_s = start_timeout_s, task_timeout_s
+        self.replacements_left, self.replaced = replacements, 0
+        self.fault_marker, self.fail_on = fault_marker, fail_on
+        self.actors: list | None = None
+
+    def _new_actor(self):
+        import ray
+
+        from videoalign_ray.online.generation import GenerationActor
+
+        options = dict(num_gpus=1, num_cpus=1) if self.use_gpu else dict(num_cpus=0)
+        return ray.remote(GenerationActor).options(max_restarts=0, **options).remote(
+            self.spec, self.samples_dir, self.fault_marker, self.fail_on)
+
+    def start(self) -> list:
+        """The live actors (started and loaded on the first call).
+
+        Raises:
+            TimeoutError: an actor did not load within ``start_timeout_s``.
+        """
+        from videoalign_ray.pipelines.online_dpo import wait_all
+
+        if self.actors is None:
+            self.actors = [self._new_actor() for _ in range(self.size)]
+            wait_all([a.current_version.remote() for a in self.actors], "generation actors start",
+                     self.start_timeout_s)
+        return self.actors
+
+    def generate(self, tasks: list[dict], policy_ref, what: str) -> list[dict]:
+        """Group records of ``tasks`` (in order), spread round-robin over the actors.
+
+        ``policy_ref``: ``[ObjectRef | None]`` of the tasks' policy version. A task whose actor died is sent
+        again to that actor's replacement.
+
+        Raises:
+            TimeoutError: no group finished within ``task_timeout_s``.
+            RuntimeError: an actor died after the pool used up its replacements (names the task).
+        """
+        import ray
+        from ray.exceptions import RayActorError
+
+        actors = self.start()
+        pending: dict = {}  # ref -> (task index, actor slot, actor handle)
+
+        def submit(i: int, slot: int) -> None:
+            actor = self.actors[slot]
+            pending[actor.generate.remote(tasks[i], policy_ref)] = (i, slot, actor)
+
+        for i in range(len(tasks)):
+            submit(i, i % len(actors))
+        results, start = [None] * len(tasks), time.monotonic()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.task_timeout_s)
+            if not ready:
+                raise TimeoutError(f"{what}: no prompt group finished in {self.task_timeout_s:.0f} s "
+                                   f"({len(pending)} of {len(tasks)} left)")
+            i, slot, actor = pending.pop(ready[0])
+            try:
+                results[i] = ray.get(ready[0])
+            except RayActorError as e:
+                self._replace(slot, actor, tasks[i], e)
+                submit(i, slot)
+                continue
+            done = sum(r is not None for r in results)
+            if done == len(tasks) or done % max(1, len(tasks) // 4) == 0:
+                log.info("%s: %d/%d groups done (%.1f s)", what, done, len(tasks), time.monotonic() - start)
+        return results
+
+    def _replace(self, slot: int, dead, task: dict, error: Exception) -> None:
+        """Replace the actor in ``slot`` unless an earlier failure of the same actor already did."""
+        from videoalign_ray.pipelines.online_dpo import wait_all
+
+        where = f"round {task['round']} prompt {task['prompt_index']}"
+        if self.actors[slot] is not dead:
+            log.warning("generation actor %d had died; %s goes to its replacement", slot, where)
+            return
+        if self.replacements_left <= 0:
+            raise RuntimeError(f"generation actor {slot} died on {where} and the pool has replaced "
+                               f"{self.replaced} actors already: {type(error).__name__}: {error}") from error
+        self.replacements_left -= 1
+        self.replaced += 1
+        log.warning("generation actor %d died on %s (%s); starting a replacement, the group is sent again",
+                    slot, where, type(error).__name__)
+        self.actors[slot] = self._new_actor()
+        wait_all([self.actors[slot].current_version.remote()], "replacement generation actor start",
+                 self.start_timeout_s)
+
+    def set_policy(self, version: int, policy_ref) -> list[int]:
+        """Load ``version`` (``policy_ref``: ObjectRef of its payload) on every live actor; their versions."""
+        from videoalign_ray.pipelines.online_dpo import wait_all
+
+        if self.actors is None:
+            return []
+        return wait_all([a.set_policy.remote(version, policy_ref) for a in self.actors],
+                        f"policy {version} weight sync", self.start_timeout_s)
+
+    def close(self) -> None:
+        """Kill the actors (a later :meth:`start` creates new ones)."""
+        import ray
+
+        for a in self.actors or []:
+            ray.kill(a)
+        self.actors = None
