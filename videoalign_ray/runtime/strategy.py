@@ -1,6 +1,7 @@
 """DeepSpeed set-up and checkpointing for the Ray Train workers (the one place that knows DeepSpeed).
 
-CPU: gloo (the process group Ray Train created) and ``torch_adam`` (no 40 s fused-Adam JIT build), fp32.
+CPU: gloo (the process group Ray Train created), ``torch_adam`` (no 40 s fused-Adam JIT build) and no
+shared-memory allreduce op (see :func:`skip_cpu_shm_comm_op`), fp32.
 GPU: NCCL and bf16. ZeRO stage 0/1/2/3 from config.
 
 A checkpoint folder holds: ``ds/`` (DeepSpeed engine + optimizer, per rank), ``state.json`` (step, data
@@ -67,10 +68,27 @@ def deepspeed_config(
     return config
 
 
+def skip_cpu_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-building its shared-memory allreduce op (``deepspeed_shm_comm``).
+
+    DeepSpeed builds that C++ op with torch's extension builder on the first engine of a machine, under
+    ``<TORCH_EXTENSIONS_DIR>/deepspeed_shm_comm/lock``. A job killed during the build leaves the lock behind
+    and every later job on the machine waits on it forever, with no message (reproduced). Marking the op
+    incompatible makes ``deepspeed.comm`` fall back to ``torch.distributed`` (gloo), which our CPU runs use
+    anyway; GPU runs never build it (NCCL).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
     """Wrap ``model`` (its trainable parameters) in a DeepSpeed engine on the existing process group."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
+
+    if not torch.cuda.is_available():
+        skip_cpu_shm_comm_op()
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
