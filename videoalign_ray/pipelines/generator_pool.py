@@ -62,22 +62,24 @@ class GeneratorPool:
     def generate(self, tasks: list[dict], policy_ref, what: str) -> list[dict]:
         """Group records of ``tasks`` (in order), spread round-robin over the actors.
 
-        ``policy_ref``: ``[ObjectRef | None]`` of the tasks' policy version. A task whose actor died is sent
-        again to that actor's replacement.
+        ``policy_ref``: ``[ObjectRef | None]`` of the tasks' policy version. When an actor dies, every group it
+        still held (the one it died on and those queued behind it) goes to its replacement, in the order it
+        was first sent.
 
         Raises:
             TimeoutError: no group finished within ``task_timeout_s``.
-            RuntimeError: an actor died after the pool used up its replacements (names the task).
+            RuntimeError: an actor died after the pool used up its replacements (names the group it died on).
         """
         import ray
         from ray.exceptions import RayActorError
 
         actors = self.start()
-        pending: dict = {}  # ref -> (task index, actor slot, actor handle)
+        pending: dict = {}  # ref -> (task index, actor slot, actor handle, submission number)
+        sent = iter(range(10**9))
 
         def submit(i: int, slot: int) -> None:
             actor = self.actors[slot]
-            pending[actor.generate.remote(tasks[i], policy_ref)] = (i, slot, actor)
+            pending[actor.generate.remote(tasks[i], policy_ref)] = (i, slot, actor, next(sent))
 
         for i in range(len(tasks)):
             submit(i, i % len(actors))
@@ -87,33 +89,55 @@ class GeneratorPool:
             if not ready:
                 raise TimeoutError(f"{what}: no prompt group finished in {self.task_timeout_s:.0f} s "
                                    f"({len(pending)} of {len(tasks)} left)")
-            i, slot, actor = pending.pop(ready[0])
+            entry = pending.pop(ready[0])
             try:
-                results[i] = ray.get(ready[0])
+                results[entry[0]] = ray.get(ready[0])
             except RayActorError as e:
-                self._replace(slot, actor, tasks[i], e)
-                submit(i, slot)
+                redo = [entry, *self._collect_held(entry[2], pending, results)]
+                redo.sort(key=lambda x: x[3])
+                self._replace(entry[1], tasks[redo[0][0]], e, len(redo))
+                for i, slot, _, _ in redo:
+                    submit(i, slot)
                 continue
             done = sum(r is not None for r in results)
             if done == len(tasks) or done % max(1, len(tasks) // 4) == 0:
                 log.info("%s: %d/%d groups done (%.1f s)", what, done, len(tasks), time.monotonic() - start)
         return results
 
-    def _replace(self, slot: int, dead, task: dict, error: Exception) -> None:
-        """Replace the actor in ``slot`` unless an earlier failure of the same actor already did."""
+    @staticmethod
+    def _collect_held(actor, pending: dict, results: list) -> list:
+        """Take ``actor``'s other refs out of ``pending``: a finished one's record goes into ``results``, the
+        rest (failed, or never to finish on a dead actor) are returned to be sent again."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        held = []
+        for ref in [r for r, v in pending.items() if v[2] is actor]:
+            entry = pending.pop(ref)
+            if ray.wait([ref], timeout=0)[0]:
+                try:
+                    results[entry[0]] = ray.get(ref)
+                    continue
+                except RayActorError:
+                    pass
+            held.append(entry)
+        return held
+
+    def _replace(self, slot: int, task: dict, error: Exception, groups: int) -> None:
+        """Kill the actor in ``slot`` (it may only be unreachable) and start its replacement."""
+        import ray
+
         from videoalign_ray.pipelines.online_dpo import wait_all
 
         where = f"round {task['round']} prompt {task['prompt_index']}"
-        if self.actors[slot] is not dead:
-            log.warning("generation actor %d had died; %s goes to its replacement", slot, where)
-            return
+        ray.kill(self.actors[slot], no_restart=True)
         if self.replacements_left <= 0:
             raise RuntimeError(f"generation actor {slot} died on {where} and the pool has replaced "
                                f"{self.replaced} actors already: {type(error).__name__}: {error}") from error
         self.replacements_left -= 1
         self.replaced += 1
-        log.warning("generation actor %d died on %s (%s); starting a replacement, the group is sent again",
-                    slot, where, type(error).__name__)
+        log.warning("generation actor %d died on %s (%s); starting a replacement, %d group(s) sent again",
+                    slot, where, type(error).__name__, groups)
         self.actors[slot] = self._new_actor()
         wait_all([self.actors[slot].current_version.remote()], "replacement generation actor start",
                  self.start_timeout_s)
