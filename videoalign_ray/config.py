@@ -166,6 +166,10 @@ class TrainSection(JobConfig):
         None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step."
     )
 
+    def checkpointing_for(self, tiny: bool) -> bool:
+        """``gradient_checkpointing`` as set, else its default: off for a tiny model, on for a real one."""
+        return self.gradient_checkpointing if self.gradient_checkpointing is not None else not tiny
+
 
 def _field_type(annotation: Any) -> tuple[Any, bool]:
     """The argparse converter for a field annotation and whether it is a bool flag."""

@@ -219,7 +219,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     shards, per_worker, micro_batch = split_for_workers(encoded.dataset, cfg.num_workers, cfg.batch_size)
     lora_rank = cfg.lora_rank or preset.lora_rank
     grad_accum = resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum)
-    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not cfg.preset.startswith("tiny")
+    checkpointing = cfg.checkpointing_for(tiny=cfg.preset.startswith("tiny"))
     if not cfg.preset.startswith("tiny"):
         _check_memory(cfg, model_dir, (num_frames, height, width), micro_batch, lora_rank, checkpointing, tracker)
     loop_cfg = LoopConfig(

@@ -116,7 +116,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (5e-4 if tiny else 2e-6), grad_clip=cfg.grad_clip,
         weight_decay=cfg.weight_decay, micro_batch=micro_batch,
         grad_accum=resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum),
-        gradient_checkpointing=cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not tiny,
+        gradient_checkpointing=cfg.checkpointing_for(tiny),
         zero_stage=cfg.zero_stage,
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps,
