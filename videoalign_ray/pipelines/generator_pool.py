@@ -8,6 +8,7 @@ CI once surfaced as "object whose owner is unknown" in ``ray.wait``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -75,7 +76,7 @@ class GeneratorPool:
 
         actors = self.start()
         pending: dict = {}  # ref -> (task index, actor slot, actor handle, submission number)
-        sent = iter(range(10**9))
+        sent = itertools.count()
 
         def submit(i: int, slot: int) -> None:
             actor = self.actors[slot]
