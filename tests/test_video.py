@@ -137,7 +137,8 @@ def test_limits_refuse_before_decoding_and_repeats_are_views(tmp_path):
 def test_containers_that_open_other_files_are_refused(tmp_path):
     """ffconcat / HLS playlists next to a real video: FFmpeg would follow them, our decoder refuses them, and a
     training row holding one is rejected with the reason (the other video of the pair is not the reason)."""
-    from videoalign_ray.reward.pipeline import FrameSpec, _decode_pair
+    from videoalign_ray.data.schema import PreferencePair
+    from videoalign_ray.reward.pipeline import FrameSpec, _decode_video, pair_rows
 
     write_mp4(tmp_path / "real.mp4", np.zeros((4, 32, 32, 3), np.uint8))
     scripts = {"concat.mp4": "ffconcat version 1.0\nfile 'real.mp4'\n",
@@ -148,8 +149,12 @@ def test_containers_that_open_other_files_are_refused(tmp_path):
             load_video(tmp_path / name, num_frames=4)
     with av.open(str(tmp_path / "concat.mp4")) as c:  # the attack is real with FFmpeg's default demuxers
         assert c.format.name == "concat"
-    row = {"idx": 0, "row": 3, "path_a": str(tmp_path / "real.mp4"), "path_b": str(tmp_path / "concat.mp4"),
-           "caption": "x", "labels": np.zeros(3, np.int64)}
-    out = _decode_pair(row, FrameSpec(fps=2.0, min_pixels=56 * 56, max_pixels=56 * 56))
-    assert out["error_column"] == "rejected" and "not a video container" in out["error"]
-    assert len(out["frames_a"]) > 0
+    spec, cache = FrameSpec(fps=2.0, min_pixels=56 * 56, max_pixels=56 * 56), str(tmp_path / "cache")
+    videos = {str(tmp_path / n): _decode_video({"path": str(tmp_path / n)}, spec, cache)
+              for n in ("real.mp4", "concat.mp4")}
+    pair = PreferencePair(pair_id="p", row=3, prompt="x", chosen=str(tmp_path / "real.mp4"), rejected=str(tmp_path / "concat.mp4"),
+                          labels={"VQ": 1, "MQ": 1, "TA": 1})
+    items, rejects = pair_rows([pair], videos)
+    assert items == [] and [(r.row, r.column, r.value) for r in rejects] == [(3, "rejected", pair.rejected)]
+    assert "not a video container" in rejects[0].reason
+    assert videos[pair.chosen]["status"] == "decoded" and len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1

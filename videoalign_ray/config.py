@@ -115,7 +115,11 @@ class DataSection(JobConfig):
     video_backend: Literal["auto", "pyav"] = Field(
         "auto", description="auto: decord where it is safe, PyAV otherwise; pyav: always PyAV."
     )
-    cache_dir: str | None = Field(None, description="Latent cache; default <output_dir>/cache. Shared storage on clusters.")
+    cache_dir: str | None = Field(
+        None, description="Latent / frame cache; default <output_dir>/cache. Shared storage on clusters.")
+    encoder_actors: int | None = Field(
+        None, ge=1, description="VAE encoder actors (Ray Data actor pool); default one per GPU of the cluster, 1 "
+        "without GPUs. Decode tasks spread over all nodes either way.")
 
 
 class ModelSection(JobConfig):

@@ -3,14 +3,20 @@
 Keys hash everything the tensor depends on: for a video (absolute path, size, mtime, frame count, pixel
 size, VAE id); for a prompt (text, text-encoder id, token length). Entries are written atomically, so a
 crash leaves either a complete entry or none. On a multi-node cluster ``root`` must be shared storage.
+
+Training data travel as small key rows (``<name>_key`` columns); :func:`load_row` / :func:`load_batch` turn
+them into tensors where they are consumed (a training worker, a Ray Data map), so the object store never
+holds the tensors of the whole table.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -48,3 +54,57 @@ class TensorCache:
     def put(self, key: str, value: torch.Tensor) -> None:
         with atomic_path(self.path(key)) as tmp:
             save_file({"value": value.contiguous()}, str(tmp))
+
+
+KEY_SUFFIX = "_key"
+
+
+def load_row(row: dict, cache: TensorCache) -> dict:
+    """A training row from a key row: every column ``<name>_key`` (a cache key) becomes ``<name>``, the cached
+    tensor as a NumPy array (latents ``(C, F, h, w)`` f32, prompt embeddings ``(L, D)`` f32, reward frames
+    ``(T, H, W, 3)`` uint8); other columns pass through.
+
+    Raises:
+        FileNotFoundError: a key not in the cache (names the key, the column and the cache root).
+    """
+    out = {k: v for k, v in row.items() if not k.endswith(KEY_SUFFIX)}
+    for col, key in row.items():
+        if not col.endswith(KEY_SUFFIX):
+            continue
+        value = cache.get(str(key))
+        if value is None:
+            raise FileNotFoundError(f"cache entry {key} ({col}) not in {cache.root}: on a multi-node cluster the "
+                                    "cache must be shared storage (--cache-dir)")
+        out[col[: -len(KEY_SUFFIX)]] = value.numpy()
+    return out
+
+
+def load_batch(batch: dict, cache: TensorCache) -> dict:
+    """:func:`load_row` over a columnar batch ``{column: (B, ...) array}``: loaded columns are stacked
+    ``(B, ...)`` when their shapes agree, else kept as a ``(B,)`` object array of arrays (ragged frames)."""
+    cols = [c for c in batch if c.endswith(KEY_SUFFIX)]
+    if not cols:
+        return batch
+    n = len(next(iter(batch.values())))
+    rows = [load_row({c: batch[c][i] for c in cols}, cache) for i in range(n)]
+    out = {k: v for k, v in batch.items() if not k.endswith(KEY_SUFFIX)}
+    for c in cols:
+        name = c[: -len(KEY_SUFFIX)]
+        values = [r[name] for r in rows]
+        if len({v.shape for v in values}) == 1:
+            out[name] = np.stack(values)
+        else:
+            out[name] = np.empty(n, dtype=object)
+            out[name][:] = values
+    return out
+
+
+def load_row_at(row: dict, cache_dir: str) -> dict:
+    """:func:`load_row` with the cache given by its root (a Ray Data ``map`` function)."""
+    return load_row(row, TensorCache(cache_dir))
+
+
+def cache_loader(cache_dir: str):
+    """The micro-batch loader that a training worker hands to ``runtime.driver.run_steps``: :func:`load_batch`
+    over the cache at ``cache_dir``, or None when ``cache_dir`` is "" (the rows carry their tensors)."""
+    return partial(load_batch, cache=TensorCache(cache_dir)) if cache_dir else None

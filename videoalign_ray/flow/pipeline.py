@@ -2,9 +2,13 @@
 
     unique videos --map(decode, tasks)--> frames --map_batches(LatentEncoder, actor pool)--> latent cache
     unique prompts --map_batches(PromptEncoder, actor pool)--> embedding cache
-    good pairs --map(load from cache)--> {pair_id, chosen, rejected, prompt_embeds}  (materialized)
+    good pairs --> small key rows {pair_id, chosen_key, rejected_key, prompt_embeds_key} (materialized)
+    key rows (one shard per rank) --the training worker loads each micro-batch from the cache, prefetched--> tensors
 
-Decode runs as plain tasks spread over the cluster; each encoder actor loads its model once. Videos and
+Only the key rows live in the object store for the whole job (about 200 bytes a pair); a training worker
+reads the latents of its next micro-batches from the cache (``runtime.driver``), so object-store and driver
+memory do not grow with the number of pairs (benchmarks/data_scaling.py). Decode runs as plain tasks spread over the
+cluster's nodes; the encoder actors (``encoder_actors``, default one per GPU) load their model once. Videos and
 prompts already in the cache are found on the driver (one stat per video), so a rerun, or an online round
 whose generator wrote its latents, starts no decode task and no encoder actor. A video that fails to decode rejects
 every pair that uses it, with the decoder's reason.
@@ -18,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from videoalign_ray.data.cache import TensorCache, prompt_key, video_key
+from videoalign_ray.data.cache import TensorCache, load_row_at, prompt_key, video_key
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
@@ -46,11 +50,28 @@ class EncodeSpec:
 
 @dataclass
 class EncodedPairs:
-    """The training dataset (materialized) plus what was rejected and cache statistics."""
+    """The key rows of the usable pairs (materialized, small), what was rejected, and cache statistics.
 
-    dataset: Any
+    ``rows``: ``{pair_id, chosen_key, rejected_key, prompt_embeds_key, **extras}`` in the order of the pairs, or
+    None when no pair is usable. :meth:`load` turns (a shard of) them into training rows lazily.
+    """
+
+    rows: Any
+    cache_dir: str
     rejects: list[Reject] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+
+    def load(self, rows: Any = None) -> Any:
+        """A lazy Ray Dataset of training rows ``{pair_id, chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
+        prompt_embeds: (L, D) f32, **extras}`` read from the cache when iterated (for readers outside a training
+        worker, which loads key rows itself); ``rows`` defaults to all key rows."""
+        rows = self.rows if rows is None else rows
+        return None if rows is None else rows.map(load_row_at, fn_kwargs={"cache_dir": self.cache_dir})
+
+    @property
+    def dataset(self) -> Any:
+        """All training rows, lazily (see :meth:`load`)."""
+        return self.load()
 
 
 def _decode_row(row: dict, spec: EncodeSpec) -> dict:
@@ -138,20 +159,6 @@ def _cached_videos(videos: list[str], spec: EncodeSpec) -> dict[str, dict]:
     return rows
 
 
-def _load_pair(row: dict, cache_dir: str) -> dict:
-    cache = TensorCache(cache_dir)
-    out = {k: v for k, v in row.items() if k != "pair_id" and not k.endswith("_key")}  # extra columns
-    for col in ("chosen", "rejected", "prompt_embeds"):
-        value = cache.get(row[f"{col}_key"])
-        if value is None:
-            raise FileNotFoundError(
-                f"latent cache entry {row[f'{col}_key']} missing for pair {row['pair_id']} "
-                "(on a multi-node cluster cache_dir must be shared storage)"
-            )
-        out[col] = value.numpy()
-    return out
-
-
 def encode_pairs(
     pairs: list[PreferencePair], spec: EncodeSpec, extras: dict[str, dict[str, Any]] | None = None
 ) -> EncodedPairs:
@@ -161,9 +168,9 @@ def encode_pairs(
     rewards ``reward_chosen`` / ``reward_rejected``, or the per-dimension ``labels`` ``(3,)``).
 
     Returns:
-        EncodedPairs: ``dataset`` rows in the order of ``pairs`` (the table's row order: pair ids hash the
-        absolute paths, so ordering by them made the batches depend on where the data lie) ``{chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
-        prompt_embeds: (L, D) f32, **extras}``; ``rejects`` for pairs whose video failed.
+        EncodedPairs: key ``rows`` in the order of ``pairs`` (the table's row order: pair ids hash the absolute
+        paths, so ordering by them made the batches depend on where the data lie); ``load()`` gives the tensors;
+        ``rejects`` for pairs whose video failed.
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
     video_rows = _cached_videos(videos, spec)  # a rerun (or the online loop's generated latents) skips Ray Data
@@ -173,7 +180,7 @@ def encode_pairs(
             ray.data.from_items([{"path": v} for v in todo], override_num_blocks=min(len(todo), 64))
             # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
             # operator (tasks spread over the cluster) instead of fusing decode into the actors.
-            .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
+            .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)  # Ray Data SPREADs tasks over nodes
             .map_batches(
                 LatentEncoder,
                 fn_constructor_kwargs={"spec": spec},
@@ -222,11 +229,9 @@ def encode_pairs(
         "videos_failed": sum(r["status"] == "error" for r in video_rows.values()),
         "prompts": len(prompts),
     }
-    dataset = None
+    rows = None
     if items:
-        dataset = (
-            ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 32)))
-            .map(_load_pair, fn_kwargs={"cache_dir": spec.cache_dir})
-            .materialize()
-        )
-    return EncodedPairs(dataset=dataset, rejects=rejects, stats=stats)
+        # One block per ~256 pairs (at least 8): a shard is read in pieces, and a block stays small.
+        rows = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256))))
+        rows = rows.materialize()
+    return EncodedPairs(rows=rows, cache_dir=spec.cache_dir, rejects=rejects, stats=stats)

@@ -1,7 +1,8 @@
 """The Ray Train per-worker loop for flow-matching alignment: Flow-DPO, Flow-RWR and SFT (RWR with w = 1)
 in one loop, the objective chosen by config.
 
-Each worker reads its own pre-split shard (``get_dataset_shard(f"shard_{rank}")``), so the pairs a rank
+Each worker reads its own pre-split shard (``get_dataset_shard(f"shard_{rank}")``) of key rows and loads the
+latents of its micro-batches from the cache (``cache_dir``; prefetched on a thread), so the pairs a rank
 sees are fixed by the seed and the data: a resumed run replays exactly the batches an uninterrupted run
 would have seen. Noise and timesteps come from a generator seeded by (seed, step, rank) for the same reason.
 """
@@ -144,6 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker=...)``)."""
     import ray.train
 
+    from videoalign_ray.data.cache import cache_loader
     from videoalign_ray.runtime.driver import run_steps
     from videoalign_ray.runtime.strategy import init_engine
 
@@ -160,6 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
         METRIC_KEYS[cfg.objective], lora=cfg.finetune == "lora",
         adapter_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
                         "base_model": cfg.model_dir},
+        load=cache_loader(cfg.cache_dir),  # key rows -> latents and prompt embeddings, prefetched
     )
 
 

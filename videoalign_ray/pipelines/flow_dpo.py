@@ -146,7 +146,15 @@ def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
         vae_id=component_id(model_dir, "vae"),
         text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
         min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
+        encoder_actors=cfg.encoder_actors or default_encoder_actors(use_gpu),
     )
+
+
+def default_encoder_actors(use_gpu: bool) -> int:
+    """One VAE encoder actor per GPU of the cluster (every GPU encodes while the others would wait), else 1."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
 
 
 def run_flow_job(cfg: FlowDPOConfig) -> dict:
@@ -215,8 +223,9 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     tracker.log_metrics({f"data/{k}": v for k, v in counts.items()}, step=0)
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
-    n_pairs = encoded.dataset.count()
-    shards, per_worker, micro_batch = split_for_workers(encoded.dataset, cfg.num_workers, cfg.batch_size)
+    n_pairs = encoded.rows.count()
+    key_shards, per_worker, micro_batch = split_for_workers(encoded.rows, cfg.num_workers, cfg.batch_size)
+    shards = key_shards  # small key rows: each worker loads its micro-batches' latents from the cache
     lora_rank = cfg.lora_rank or preset.lora_rank
     grad_accum = resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum)
     checkpointing = cfg.checkpointing_for(tiny=cfg.preset.startswith("tiny"))
@@ -233,7 +242,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
         rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
-        gradient_checkpointing=checkpointing,
+        gradient_checkpointing=checkpointing, cache_dir=spec.cache_dir,
     )
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,

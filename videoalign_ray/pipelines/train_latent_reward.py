@@ -93,7 +93,7 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
     loaded.rejects = rejects
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
-    shards, per_worker, micro_batch = split_for_workers(enc.dataset, cfg.num_workers, cfg.batch_size)
+    shards, per_worker, micro_batch = split_for_workers(enc.rows, cfg.num_workers, cfg.batch_size)
     loop_cfg = LatentRewardLoopConfig(
         model_dir=str(model_dir), num_blocks=cfg.num_blocks, loss=cfg.loss, noise=cfg.noise, lr=cfg.lr or 3e-4,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, micro_batch=micro_batch,
@@ -102,7 +102,7 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every, seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
-        fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step,
+        fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step, cache_dir=enc.cache_dir,
     )
     result = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,

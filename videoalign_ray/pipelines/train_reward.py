@@ -14,7 +14,7 @@ from pydantic import Field
 
 from videoalign_ray.config import DataSection, RuntimeSection, TrainSection
 from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
-from videoalign_ray.errors import ModelPathError
+from videoalign_ray.errors import DataError, ModelPathError
 from videoalign_ray.runtime.job import job_run
 
 TINY_PIXELS = 56 * 56
@@ -97,8 +97,10 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     use_gpu = use_gpu_default(cfg.use_gpu)
     spec = FrameSpec(fps=cfg.fps or (8.0 if tiny else 2.0), min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
                      max_pixels=cfg.max_pixels or (TINY_PIXELS if tiny else 448 * 448))
-    train_ds, train_rejects = decode_pairs(loaded.pairs, spec)
-    val_ds, val_rejects = decode_pairs(loaded_val.pairs, spec)
+    cache_dir = str(Path(cfg.cache_dir or out / "cache").resolve())
+    train_rows, val_rows = decode_pairs(loaded.pairs, spec, cache_dir), decode_pairs(loaded_val.pairs, spec, cache_dir)
+    train_rejects, val_rejects = train_rows.rejects, val_rows.rejects
+    tracker.log_metrics({f"data/{k}": v for k, v in train_rows.stats.items()}, step=0)
     rejects = loaded.rejects + train_rejects
     write_rejects(out / "rejects.csv", rejects + loaded_val.rejects + val_rejects)
     tracker.log_artifact(out / "rejects.csv")
@@ -107,7 +109,11 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     loaded.rejects = rejects
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
-    shards, per_worker, micro_batch = split_for_workers(train_ds, cfg.num_workers, cfg.batch_size)
+    for name, r in (("training", train_rows), ("validation", val_rows)):
+        if r.rows is None:
+            raise DataError(f"no {name} pair has two decodable videos; see {out / 'rejects.csv'}")
+    # Small key rows: each worker loads the frames of its micro-batches from the cache.
+    shards, per_worker, micro_batch = split_for_workers(train_rows.rows, cfg.num_workers, cfg.batch_size)
     lm_training = cfg.lm_training or ("full" if tiny else "lora")
     lora_rank = cfg.lora_rank or 64
     loop_cfg = RewardLoopConfig(
@@ -123,12 +129,12 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every,
         seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
-        fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step,
+        fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step, cache_dir=cache_dir,
     )
     result = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
-        num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_ds},
+        num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_rows.rows},
     ).fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
@@ -143,7 +149,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     plain.load_state_dict(merge_lora_state(state, loop_cfg.lora_alpha / lora_rank) if lm_training == "lora"
                           else state)
     plain.eval()
-    val_rows = val_ds.take_all()
+    val_rows = val_rows.dataset.take_all()
     ra, rb = score_margins(plain, proc, val_rows, "cpu")
     allr = np.concatenate([ra, rb])
     with torch.no_grad():

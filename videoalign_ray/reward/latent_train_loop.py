@@ -66,6 +66,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point."""
     import ray.train
 
+    from videoalign_ray.data.cache import cache_loader
     from videoalign_ray.reward.latent import from_generator
     from videoalign_ray.runtime.driver import run_steps
     from videoalign_ray.runtime.strategy import init_engine
@@ -77,7 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = from_generator(cfg.model_dir, cfg.num_blocks).train()
     engine = init_engine(model, cfg.deepspeed_config(world))
     run_steps(cfg.driver_spec("latent-reward"), engine, lambda batch, gen: compute_loss(engine, batch, cfg, gen, device),
-              METRIC_KEYS, lora=False, adapter_config={"num_blocks": cfg.num_blocks, "base_model": cfg.model_dir})
+              METRIC_KEYS, lora=False, adapter_config={"num_blocks": cfg.num_blocks, "base_model": cfg.model_dir},
+              load=cache_loader(cfg.cache_dir))
 
 
 def loop_config_dict(cfg: LatentRewardLoopConfig) -> dict:

@@ -1,18 +1,25 @@
-"""Ray Data for VideoReward: preference rows -> decoded, resized frames of both videos -> training rows.
+"""Ray Data for VideoReward: preference rows -> decoded, resized frames (cached) -> training rows.
+
+    distinct videos --map(decode, tasks spread over nodes)--> frame cache (one safetensors file per video)
+    good pairs --> small key rows (materialized) --each training worker loads its micro-batches--> rows
 
 Videos are sampled at ``fps`` (docs/algorithms.md section 4: 2 fps, even count clamped to [4, 768]) and resized
 to the pixel budget in multiples of 28. Rows keep ragged uint8 frames ``(T, H, W, 3)`` per video, the
 caption and the per-dimension labels ``(3,)`` int64 (+1 A better, -1 B better, 0 tie, -100 unlabelled).
-A video that fails to decode rejects its row with the decoder's reason.
+A video that fails to decode rejects every row that uses it with the decoder's reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import ray
 
+from videoalign_ray.data.cache import TensorCache, load_row_at
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_to_budget
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
@@ -48,30 +55,96 @@ def labels_of(pair: PreferencePair) -> np.ndarray:
     return np.array([INVALID if pair.labels.get(d) is None else pair.labels[d] for d in DIMENSIONS], np.int64)
 
 
-def _decode_pair(row: dict, spec: FrameSpec) -> dict:
-    out = dict(row)
-    out["error"], out["error_column"] = "", ""
-    for col in ("a", "b"):
-        try:
-            out[f"frames_{col}"] = decode_for_reward(row[f"path_{col}"], spec)
-        except (VideoDecodeError, OSError, ValueError) as exc:
-            out[f"frames_{col}"] = np.zeros((0, spec.factor, spec.factor, 3), np.uint8)
-            out["error"], out["error_column"] = str(exc), ("chosen" if col == "a" else "rejected")
+def frame_key(path: str, spec: FrameSpec) -> str:
+    """Cache key of a video's reward-model frames; changes when the file (path, size, mtime) or the sampling
+    and pixel budget change.
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    st = os.stat(path)
+    raw = (f"frames\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{spec.fps}\0{spec.min_pixels}\0"
+           f"{spec.max_pixels}\0{spec.max_frames}\0{spec.factor}")
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _decode_video(row: dict, spec: FrameSpec, cache_dir: str) -> dict:
+    """Ray Data task: decode one video into the frame cache; returns ``{path, key, status, error}`` (status
+    ``cached`` / ``decoded`` / ``error``), never the frames."""
+    import torch
+
+    cache = TensorCache(cache_dir)
+    out = {"path": row["path"], "key": "", "status": "error", "error": ""}
+    try:
+        out["key"] = key = frame_key(row["path"], spec)
+        if cache.has(key):
+            out["status"] = "cached"
+            return out
+        cache.put(key, torch.from_numpy(decode_for_reward(row["path"], spec)))
+        out["status"] = "decoded"
+    except (VideoDecodeError, OSError, ValueError) as exc:
+        out["error"] = str(exc)
     return out
 
 
-def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec):
-    """Decode both videos of every pair with Ray Data tasks.
+def pair_rows(pairs: list[PreferencePair], videos: dict[str, dict]) -> tuple[list[dict], list[Reject]]:
+    """Key rows ``{idx, row, frames_a_key, frames_b_key, caption, labels}`` of the pairs whose two videos decoded, in the
+    order of ``pairs``, and a Reject (row, column, path, the decoder's reason) per failed video of a pair.
+    ``videos``: path -> ``{key, status, error}`` as returned by the decode tasks."""
+    items, rejects = [], []
+    for i, p in enumerate(pairs):
+        bad = [(col, path) for col, path in (("chosen", p.chosen), ("rejected", p.rejected))
+               if videos[path]["status"] == "error"]
+        for col, path in bad:
+            rejects.append(Reject(p.row, col, path, videos[path]["error"] or "undecodable video"))
+        if not bad:
+            items.append({"idx": i, "row": p.row, "frames_a_key": videos[p.chosen]["key"],
+                          "frames_b_key": videos[p.rejected]["key"],
+                          "caption": p.prompt, "labels": labels_of(p)})
+    return items, rejects
 
-    Returns ``(dataset, rejects)``: the materialized rows ``{frames_a, frames_b, caption, labels}`` of the
-    pairs that decoded, ordered as ``pairs``, and a Reject per failed pair.
+
+@dataclass
+class RewardRows:
+    """The key rows of the usable pairs (materialized, ~200 bytes each), their rejects, and the frame cache.
+
+    A training worker loads the frames of its micro-batches itself (``runtime.driver``); :meth:`load` gives
+    other readers ``{idx, row, frames_a: (T,H,W,3) uint8, frames_b, caption, labels: (3,) int64}`` lazily. The
+    object store never holds the frames of the whole table.
     """
-    items = [{"idx": i, "row": p.row, "path_a": p.chosen, "path_b": p.rejected, "caption": p.prompt,
-              "labels": labels_of(p)} for i, p in enumerate(pairs)]
-    ds = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
-          .map(_decode_pair, fn_kwargs={"spec": spec}).materialize())
-    meta = ds.select_columns(["idx", "row", "path_a", "path_b", "error", "error_column"]).take_all()
-    rejects = [Reject(m["row"], m["error_column"], m["path_a"] if m["error_column"] == "chosen" else m["path_b"],
-                      m["error"]) for m in meta if m["error"]]
-    good = ds.filter(lambda r: r["error"] == "").select_columns(["idx", "frames_a", "frames_b", "caption", "labels"])
-    return good.sort("idx").materialize(), rejects
+
+    rows: Any
+    cache_dir: str
+    rejects: list[Reject] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def load(self, rows: Any = None) -> Any:
+        rows = self.rows if rows is None else rows
+        return None if rows is None else rows.map(load_row_at, fn_kwargs={"cache_dir": self.cache_dir})
+
+    @property
+    def dataset(self) -> Any:
+        return self.load()
+
+
+def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec, cache_dir: str) -> RewardRows:
+    """Decode every distinct video of ``pairs`` once (Ray Data tasks spread over the nodes) into the frame
+    cache under ``cache_dir`` (shared storage on a cluster); a rerun finds them there.
+
+    Returns:
+        RewardRows: key rows ordered as ``pairs`` and a Reject per failed video of a pair.
+    """
+    videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
+    decoded = (ray.data.from_items([{"path": v} for v in videos], override_num_blocks=max(1, min(len(videos), 64)))
+               .map(_decode_video, fn_kwargs={"spec": spec, "cache_dir": cache_dir})  # tasks SPREAD over nodes
+               .take_all()) if videos else []
+    video_rows = {r["path"]: r for r in decoded}
+    items, rejects = pair_rows(pairs, video_rows)
+    rows = None
+    if items:
+        rows = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256))))
+        rows = rows.materialize()
+    stats = {"videos": len(videos), "videos_cached": sum(r["status"] == "cached" for r in decoded),
+             "videos_decoded": sum(r["status"] == "decoded" for r in decoded),
+             "videos_failed": sum(r["status"] == "error" for r in decoded)}
+    return RewardRows(rows=rows, cache_dir=cache_dir, rejects=rejects, stats=stats)

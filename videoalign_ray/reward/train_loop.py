@@ -135,6 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
+    from videoalign_ray.data.cache import TensorCache, cache_loader, load_row
     from videoalign_ray.runtime.driver import run_steps
     from videoalign_ray.runtime.strategy import init_engine
 
@@ -149,7 +150,9 @@ def train_loop_per_worker(config: dict) -> None:
     model.train()
     engine = init_engine(model, cfg.deepspeed_config(world))
     loss_fn = btt_loss if cfg.loss == "btt" else bt_loss
-    val_rows = [r for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows()) if i % world == rank]
+    cache = TensorCache(cfg.cache_dir)  # the validation key rows are loaded here, this rank's share only
+    val_rows = [load_row(r, cache) for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows())
+                if i % world == rank]
 
     def step_fn(batch, gen):
         labels = torch.as_tensor(batch["labels"]).to(device)
@@ -174,7 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     run_steps(cfg.driver_spec("reward"), engine, step_fn, METRIC_KEYS, lora=False,
               adapter_config={"lm_training": cfg.lm_training, "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha},
-              validate_fn=validate)
+              validate_fn=validate, load=cache_loader(cfg.cache_dir))
 
 
 def loop_config_dict(cfg: RewardLoopConfig) -> dict:

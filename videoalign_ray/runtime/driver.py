@@ -20,6 +20,7 @@ import os
 import signal
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,8 @@ class LoopCommon:
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.0
     gradient_checkpointing: bool = False
-
+    cache_dir: str = ""
+    """Tensor cache of the key rows (``<name>_key`` columns) the shards hold; "" when rows carry tensors."""
     def deepspeed_config(self, world_size: int) -> dict:
         """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.runtime.strategy.deepspeed_config`;
         the lr schedule spans ``max_steps``)."""
@@ -105,20 +107,43 @@ def _to_torch(batch: dict) -> dict:
     return out
 
 
-def _batches(shard, micro_batch: int, seed: int, epoch: int, skip: int, window_batches: int = 4):
+def _batches(shard, micro_batch: int, seed: int, epoch: int, skip: int, window_batches: int = 4,
+             load: Callable[[dict], dict] | None = None, prefetch: int = 4):
     """Yield (index in epoch, batch): the shard read in order, shuffled within windows of ``window_batches``
     micro-batches by a generator seeded with (seed, epoch, window). Unlike Ray Data's local shuffle, whose
-    result depends on how fast blocks arrive, this order depends on nothing but the data and the seed."""
-    window = micro_batch * window_batches
-    i = 0
-    for w, chunk in enumerate(shard.iter_batches(batch_size=window, batch_format="numpy")):
-        n = len(next(iter(chunk.values())))
-        order = np.random.default_rng([seed, epoch, w]).permutation(n)
-        for start in range(0, n - micro_batch + 1, micro_batch):
-            if i >= skip:
-                idx = order[start : start + micro_batch]
-                yield i, _to_torch({k: v[idx] for k, v in chunk.items()})
-            i += 1
+    result depends on how fast blocks arrive, this order depends on nothing but the data and the seed.
+
+    ``load`` (optional) turns a micro-batch of key rows into tensors (e.g. ``data.cache.load_batch`` over the
+    tensor cache); it runs here, in the worker, on a thread that keeps up to ``prefetch`` micro-batches ready,
+    so the shard itself stays small."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def keyed():
+        window = micro_batch * window_batches
+        i = 0
+        for w, chunk in enumerate(shard.iter_batches(batch_size=window, batch_format="numpy")):
+            n = len(next(iter(chunk.values())))
+            order = np.random.default_rng([seed, epoch, w]).permutation(n)
+            for start in range(0, n - micro_batch + 1, micro_batch):
+                if i >= skip:
+                    idx = order[start : start + micro_batch]
+                    yield i, {k: v[idx] for k, v in chunk.items()}
+                i += 1
+
+    if load is None:
+        for i, batch in keyed():
+            yield i, _to_torch(batch)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="va-prefetch") as pool:
+        ahead: deque = deque()
+        for i, batch in keyed():
+            ahead.append((i, pool.submit(load, batch)))
+            if len(ahead) > prefetch:
+                j, fut = ahead.popleft()
+                yield j, _to_torch(fut.result())
+        while ahead:
+            j, fut = ahead.popleft()
+            yield j, _to_torch(fut.result())
 
 
 def _maybe_inject_fault(spec: DriverSpec, step: int, rank: int, world: int) -> None:
@@ -146,12 +171,13 @@ def mean_over_workers(values: dict[str, torch.Tensor], keys) -> dict[str, float]
 
 def run_steps(
     spec: DriverSpec, engine, step_fn: Callable, metric_keys: tuple[str, ...], *, lora: bool, adapter_config: dict,
-    validate_fn: Callable[[int], dict[str, float]] | None = None,
+    validate_fn: Callable[[int], dict[str, float]] | None = None, load: Callable[[dict], dict] | None = None,
 ) -> None:
     """Train ``engine`` to ``spec.max_steps`` on this rank's shard ``shard_<rank>`` (resuming if possible).
 
     ``validate_fn(step)``, when given, runs on every rank before each checkpoint; its metrics are logged and
-    reported with the checkpoint.
+    reported with the checkpoint. ``load``, when given, turns each micro-batch of key rows into tensors
+    (see :func:`_batches`).
     """
     import ray.train
     from ray.train import Checkpoint
@@ -187,7 +213,7 @@ def run_steps(
     t_start = time.perf_counter()
     while step < spec.max_steps:
         consumed = skip
-        for idx, batch in _batches(shard, spec.micro_batch, spec.seed, epoch, skip):
+        for idx, batch in _batches(shard, spec.micro_batch, spec.seed, epoch, skip, load=load):
             loss, metrics = step_fn(batch, step_generator(spec.seed, step * spec.grad_accum + micro, rank))
             engine.backward(loss)
             engine.step()

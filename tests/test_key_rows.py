@@ -1,0 +1,60 @@
+"""Key rows: training data travel as cache keys and are loaded where they are consumed (no Ray needed here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from videoalign_ray.data.cache import TensorCache, cache_loader, load_batch, load_row
+from videoalign_ray.runtime.driver import _batches
+
+
+class ListShard:
+    """A shard stand-in: ``iter_batches`` over a list of rows, in order (what a materialized Ray shard does)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy"):
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i : i + batch_size]
+            yield {k: np.array([r[k] for r in chunk]) for k in chunk[0]}
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = TensorCache(tmp_path / "cache")
+    for i in range(10):
+        c.put(f"lat{i:02d}", torch.full((2, 3), float(i)))
+        c.put(f"frm{i:02d}", torch.full((i % 3 + 1, 4, 4, 3), i, dtype=torch.uint8))  # ragged frame counts
+    return c
+
+
+def test_load_row_and_batch_replace_key_columns(cache):
+    row = {"pair_id": "p", "chosen_key": "lat03", "labels": np.array([1, 0, -1])}
+    out = load_row(row, cache)
+    assert set(out) == {"pair_id", "chosen", "labels"} and out["chosen"].tolist() == [[3.0] * 3] * 2
+    batch = {"chosen_key": np.array(["lat01", "lat02"]), "frames_a_key": np.array(["frm01", "frm02"]),
+             "w": np.array([0.5, 1.5])}
+    out = load_batch(batch, cache)
+    assert out["chosen"].shape == (2, 2, 3) and out["chosen"][1, 0, 0] == 2.0  # equal shapes: stacked
+    assert out["frames_a"].dtype == object and [f.shape[0] for f in out["frames_a"]] == [2, 3]  # ragged: kept
+    assert out["w"].tolist() == [0.5, 1.5] and "chosen_key" not in out
+    with pytest.raises(FileNotFoundError, match="lat99.*chosen_key.*shared storage"):
+        load_row({"chosen_key": "lat99"}, cache)
+
+
+def test_worker_reader_gives_the_same_batches_as_tensor_rows(cache):
+    """The driver's reader over key rows (loads prefetched in a thread) yields exactly the batches, in the same
+    order, as over rows that carry the tensors, including after a resume that skips consumed batches."""
+    keyed = [{"chosen_key": f"lat{i:02d}", "i": i} for i in range(10)]
+    full = [{"chosen": np.full((2, 3), float(i), np.float32), "i": i} for i in range(10)]
+    for skip in (0, 3):
+        a = list(_batches(ListShard(keyed), 2, seed=7, epoch=1, skip=skip, load=cache_loader(str(cache.root)),
+                          prefetch=2))
+        b = list(_batches(ListShard(full), 2, seed=7, epoch=1, skip=skip))
+        assert [i for i, _ in a] == [i for i, _ in b] == list(range(skip, 5))
+        for (_, x), (_, y) in zip(a, b, strict=True):
+            assert torch.equal(x["chosen"], y["chosen"]) and torch.equal(x["i"], y["i"])
+            assert torch.equal(x["chosen"][:, 0, 0].long(), x["i"])  # each row got its own tensor
