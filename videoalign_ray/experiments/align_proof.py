@@ -87,7 +87,7 @@ def _run(cfg: AlignProofConfig, job) -> dict:
                           height=preset.height, width=preset.width, max_text_tokens=preset.max_text_tokens,
                           vae_id=component_id(model_dir, "vae"), text_encoder_id="all-MiniLM-L6-v2")
         rows = encode_pairs(held_pairs, spec).dataset.take_all()
-        stack = {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in rows[0]}
+        stack = {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in ("chosen", "rejected", "prompt_embeds")}
         policy = Generator(str(model_dir), summary["checkpoint"]).load()
         acc = implicit_dpo_accuracy(policy, stack["chosen"], stack["rejected"], stack["prompt_embeds"],
                                     seed=cfg.seed)
