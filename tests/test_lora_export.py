@@ -116,3 +116,61 @@ def test_generate_output_equals_the_diffusers_pipeline(published):
     unaligned = sample_batch(load_transformer(base).eval(), text, vae, prompts, seeds, num_frames=preset.num_frames,
                              height=preset.height, width=preset.width, steps=steps, shift=1.0)
     assert abs(ours.astype(int) - unaligned.astype(int)).mean() > 1.0, "the adapter must change the samples"
+
+
+def test_merge_lora_folds_the_adapter_into_the_base_weights(published):
+    """merge_lora(base, adapter) computes what peft's base + adapter computes (the reference of --reference
+    previous), and each weight moves by (alpha / rank) * B @ A written out here."""
+    from videoalign_ray.flow.lora_export import read_adapter_state
+    from videoalign_ray.flow.model import merge_lora
+
+    base, final = published
+    state, rank, alpha = read_adapter_state(final / "adapter")
+    assert (rank, alpha) == (RANK, ALPHA)
+    merged = load_transformer(base).eval()
+    before = {n: p.detach().clone() for n, p in merged.named_parameters()}
+    assert merge_lora(merged, state, rank, alpha) == len(state) // 2
+    key = next(k for k in sorted(state) if k.endswith(".lora_A.weight"))
+    module = key.removesuffix(".lora_A.weight")
+    a, b = state[key], state[f"{module}.lora_B.weight"]
+    expected = before[f"{module}.weight"] + (ALPHA / RANK) * torch.einsum("or,ri->oi", b, a)
+    assert torch.allclose(merged.get_submodule(module).weight, expected, atol=1e-6)
+    assert not any(".lora_" in n for n, _ in merged.named_parameters())  # plain weights, no adapter layers
+
+    x, t, text = _inputs()
+    via_peft = _velocity(load_policy(base, final), x, t, text)
+    assert (via_peft - _velocity(load_transformer(base).eval(), x, t, text)).abs().max() > 1e-3
+    assert torch.allclose(_velocity(merged, x, t, text), via_peft, atol=1e-5)
+
+    with pytest.raises(ValueError, match="without an A/B pair"):
+        merge_lora(load_transformer(base), {key: a}, rank, alpha)
+    with pytest.raises(ValueError, match="not in the model"):
+        merge_lora(load_transformer(base), {"nope.lora_A.weight": a, "nope.lora_B.weight": b}, rank, alpha)
+
+
+def test_reference_previous_equals_the_initial_policy_so_the_first_loss_is_log2(published):
+    """A round with --reference previous: policy initialised from the previous adapter, reference = base with
+    it merged. At step 0 they are the same function, so Flow-DPO gives -log sigmoid(0) = log 2 exactly."""
+    import math
+
+    from videoalign_ray.flow.train_loop import LoopConfig, _build_model, compute_loss
+
+    base, final = published
+    cfg = LoopConfig(
+        model_dir=str(base), objective="dpo", finetune="lora", lora_rank=RANK, lora_alpha=ALPHA, lr=1e-3,
+        weight_decay=0.0, grad_clip=1.0, beta=500.0, beta_schedule="constant", t_sampling="uniform",
+        logit_mean=0.0, logit_std=1.0, t_shift=1.0, micro_batch=2, grad_accum=1, zero_stage=0, bf16=False,
+        max_steps=1, checkpoint_every=1, log_every=1, seed=0, mlflow_tracking_uri="", mlflow_run_id="",
+        fault_marker="", init_adapter=str(final / "adapter"), reference_adapter=str(final / "adapter"))
+    policy, reference = _build_model(cfg)
+    assert reference is not None and not any(p.requires_grad for p in reference.parameters())
+    g = torch.Generator().manual_seed(3)
+    batch = {"chosen": torch.randn(2, 3, 8, 32, 32, generator=g), "rejected": torch.randn(2, 3, 8, 32, 32, generator=g),
+             "prompt_embeds": torch.randn(2, 16, 384, generator=g)}
+    loss, m = compute_loss(policy.eval(), reference, batch, cfg, torch.Generator().manual_seed(0), "cpu", torch.float32)
+    # beta = 500 scales float rounding of the two paths (merged weights vs LoRA layers, ~1e-7) to ~1e-5
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-4)
+    assert abs(m["inside_mean"].item()) < 2e-4
+    # against the base as reference the same policy is far from log 2: the reference really changed
+    _, m_base = compute_loss(policy, None, batch, cfg, torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert abs(m_base["inside_mean"].item()) > 0.1, m_base["inside_mean"]

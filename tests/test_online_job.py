@@ -8,50 +8,30 @@ through the same run_flow_job under the submitted driver.)
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray_head import BIN, ray_head
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 WORLD = ["a blue square moving bottom to top", "a red square moving top to bottom",
          "a blue circle moving top to bottom", "a yellow circle moving top to bottom",
          "a red circle moving bottom to top", "a yellow square moving top to bottom"]
 BAD = ["", WORLD[1], "a " + "very " * 30 + "long prompt", "a purple elephant dancing"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ray_tmp = tempfile.mkdtemp(prefix="vr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp,
-           "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}  # the CLI sends ~/.ray/auth_token
-    gcs, dash = _free_port(), _free_port()
-    subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
     prompts = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     prompts.write_text("\n".join(WORLD[:3] + BAD[:2] + WORLD[3:] + BAD[2:]) + "\n")
-    try:
-        yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dash": f"http://127.0.0.1:{dash}", "prompts": str(prompts)}
-    finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with ray_head(2, RAY_AUTH_MODE="token") as head:  # the CLI sends ~/.ray/auth_token
+        yield {**head, "prompts": str(prompts)}
 
 
 def _args(out: Path, prompts: str) -> list[str]:

@@ -166,6 +166,9 @@ class TrainSection(JobConfig):
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept.")
     log_every: int = Field(1, ge=1, description="Steps between metric logs.")
     max_failures: int = Field(3, ge=-1, description="Worker-group restarts allowed (FailureConfig).")
+    fit_timeout_s: float = Field(
+        172800.0, gt=0, description="Seconds the Ray Train run may take in all (worker start, restarts, every "
+        "step) before the job fails naming it; a rerun resumes from the last checkpoint.")
     fail_at_step: int | None = Field(
         None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step."
     )

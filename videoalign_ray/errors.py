@@ -19,3 +19,8 @@ class DataError(UserInputError, ValueError):
 
 class ModelPathError(UserInputError, FileNotFoundError):
     """A model or checkpoint folder is missing or lacks a required part; names the path."""
+
+
+class FitTimeoutError(UserInputError, TimeoutError):
+    """A Ray Train run did not finish within its timeout (``--fit-timeout-s``); names the run, the workers asked
+    for and the cluster's free resources."""

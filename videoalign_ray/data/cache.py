@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,3 +110,30 @@ def cache_loader(cache_dir: str):
     """The micro-batch loader that a training worker hands to ``runtime.driver.run_steps``: :func:`load_batch`
     over the cache at ``cache_dir``, or None when ``cache_dir`` is "" (the rows carry their tensors)."""
     return partial(load_batch, cache=TensorCache(cache_dir)) if cache_dir else None
+
+
+@dataclass
+class KeyRows:
+    """A data plane's result: the key rows of the usable pairs (a materialized Ray Dataset, ~200 bytes a row,
+    in the order of the pairs; None when no pair is usable), the cache they point into, the rejects
+    (``data.schema.Reject``) and counts.
+
+    Training workers get (shards of) ``rows`` and load their micro-batches themselves (:func:`cache_loader`);
+    :meth:`load` gives other readers the tensor rows lazily. The object store never holds the tensors.
+    """
+
+    rows: Any
+    cache_dir: str
+    rejects: list = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def load(self, rows: Any = None) -> Any:
+        """A lazy Ray Dataset of :func:`load_row` rows read from the cache when iterated; ``rows`` defaults to
+        all key rows (None when there are none)."""
+        rows = self.rows if rows is None else rows
+        return None if rows is None else rows.map(load_row_at, fn_kwargs={"cache_dir": self.cache_dir})
+
+    @property
+    def dataset(self) -> Any:
+        """All tensor rows, lazily (see :meth:`load`)."""
+        return self.load()

@@ -248,3 +248,34 @@ def add_lora(transformer, rank: int, alpha: float, seed: int) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         transformer.add_adapter(lora_config(rank, alpha))
+
+
+def merge_lora(transformer, state: dict[str, torch.Tensor], rank: int, alpha: float) -> int:
+    """Fold a LoRA adapter into ``transformer``'s own weights in place: ``W += (alpha / rank) * B @ A`` for every
+    ``<module>.lora_A.weight`` ``(r, in)`` / ``<module>.lora_B.weight`` ``(out, r)`` pair of ``state`` (the peft
+    keys of the injected model, as ``flow.lora_export.read_adapter_state`` returns them); LoRA, Hu et al. 2021,
+    eq. 3. The merged network computes what base + adapter computes, with no adapter layers.
+
+    Returns:
+        The number of weight matrices changed.
+
+    Raises:
+        ValueError: a key without its A/B partner, a module the model lacks, or shapes that do not fit.
+    """
+    scale = alpha / rank
+    prefixes = {k.removesuffix(f".lora_{x}.weight") for k in state for x in "AB" if k.endswith(f".lora_{x}.weight")}
+    unpaired = set(state) ^ {f"{p}.lora_{x}.weight" for p in prefixes for x in "AB"}
+    if unpaired:
+        raise ValueError(f"adapter keys without an A/B pair: {sorted(unpaired)[:5]}")
+    with torch.no_grad():
+        for prefix in sorted(prefixes):
+            try:
+                weight = transformer.get_submodule(prefix).weight
+            except AttributeError as err:
+                raise ValueError(f"adapter module {prefix!r} is not in the model") from err
+            a, b = state[f"{prefix}.lora_A.weight"].float(), state[f"{prefix}.lora_B.weight"].float()
+            if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
+                raise ValueError(f"{prefix}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit the weight "
+                                 f"{tuple(weight.shape)}")
+            weight.add_((scale * b @ a).to(weight.dtype))
+    return len(prefixes)

@@ -16,16 +16,17 @@ every pair that uses it, with the decoder's reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 
-from videoalign_ray.data.cache import TensorCache, load_row_at, prompt_key, video_key
+from videoalign_ray.data.cache import KeyRows, TensorCache, prompt_key, video_key
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
+from videoalign_ray.runtime.launch import key_rows_dataset
 
 DECODE_CPUS = 0.5
 
@@ -46,32 +47,6 @@ class EncodeSpec:
     video_backend: str = "auto"
     encoder_actors: int = 1
     use_gpu: bool = False
-
-
-@dataclass
-class EncodedPairs:
-    """The key rows of the usable pairs (materialized, small), what was rejected, and cache statistics.
-
-    ``rows``: ``{pair_id, chosen_key, rejected_key, prompt_embeds_key, **extras}`` in the order of the pairs, or
-    None when no pair is usable. :meth:`load` turns (a shard of) them into training rows lazily.
-    """
-
-    rows: Any
-    cache_dir: str
-    rejects: list[Reject] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=dict)
-
-    def load(self, rows: Any = None) -> Any:
-        """A lazy Ray Dataset of training rows ``{pair_id, chosen: (C,F,h,w) f32, rejected: (C,F,h,w) f32,
-        prompt_embeds: (L, D) f32, **extras}`` read from the cache when iterated (for readers outside a training
-        worker, which loads key rows itself); ``rows`` defaults to all key rows."""
-        rows = self.rows if rows is None else rows
-        return None if rows is None else rows.map(load_row_at, fn_kwargs={"cache_dir": self.cache_dir})
-
-    @property
-    def dataset(self) -> Any:
-        """All training rows, lazily (see :meth:`load`)."""
-        return self.load()
 
 
 def _decode_row(row: dict, spec: EncodeSpec) -> dict:
@@ -161,14 +136,14 @@ def _cached_videos(videos: list[str], spec: EncodeSpec) -> dict[str, dict]:
 
 def encode_pairs(
     pairs: list[PreferencePair], spec: EncodeSpec, extras: dict[str, dict[str, Any]] | None = None
-) -> EncodedPairs:
+) -> KeyRows:
     """Decode and encode every video and prompt of ``pairs`` with Ray Data; build the training dataset.
 
     ``extras`` (optional, keyed by ``pair_id``): further numeric columns copied into each row (e.g. RWR
     rewards ``reward_chosen`` / ``reward_rejected``, or the per-dimension ``labels`` ``(3,)``).
 
     Returns:
-        EncodedPairs: key ``rows`` in the order of ``pairs`` (the table's row order: pair ids hash the absolute
+        KeyRows: ``{pair_id, chosen_key, rejected_key, prompt_embeds_key, **extras}`` in the order of ``pairs`` (the table's row order: pair ids hash the absolute
         paths, so ordering by them made the batches depend on where the data lie); ``load()`` gives the tensors;
         ``rejects`` for pairs whose video failed.
     """
@@ -229,9 +204,4 @@ def encode_pairs(
         "videos_failed": sum(r["status"] == "error" for r in video_rows.values()),
         "prompts": len(prompts),
     }
-    rows = None
-    if items:
-        # One block per ~256 pairs (at least 8): a shard is read in pieces, and a block stays small.
-        rows = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256))))
-        rows = rows.materialize()
-    return EncodedPairs(rows=rows, cache_dir=spec.cache_dir, rejects=rejects, stats=stats)
+    return KeyRows(rows=key_rows_dataset(items), cache_dir=spec.cache_dir, rejects=rejects, stats=stats)

@@ -44,6 +44,7 @@ class LoopConfig(LoopCommon):
     rwr_tau: float = 1.0
     rwr_normalize: str = "none"
     init_adapter: str | None = None  # an adapter/ folder the LoRA starts from (online rounds); None: B = 0
+    reference_adapter: str | None = None  # DPO reference = base + this adapter (merged, frozen copy); None: base
 
 
 def _build_model(cfg: LoopConfig):
@@ -58,6 +59,18 @@ def _build_model(cfg: LoopConfig):
             _load_init_adapter(policy, cfg)
     elif cfg.objective == "dpo":  # full fine-tuning: a frozen copy is the reference
         reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
+    if cfg.reference_adapter and cfg.objective == "dpo":
+        # reference = an earlier policy (online --reference previous): a frozen copy of the base with that
+        # adapter folded in; costs one more copy of the base weights in the compute dtype.
+        from pathlib import Path
+
+        from videoalign_ray.flow.lora_export import read_adapter_state
+        from videoalign_ray.flow.model import merge_lora
+
+        if reference is None:
+            reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
+        state, rank, alpha = read_adapter_state(Path(cfg.reference_adapter))
+        merge_lora(reference, state, rank, alpha)
     if cfg.gradient_checkpointing:  # the no-grad reference pass stores nothing, so only the policy needs it
         policy.enable_gradient_checkpointing()
     policy.train()

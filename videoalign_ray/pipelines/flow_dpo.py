@@ -57,7 +57,11 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     t_shift: float = Field(1.0, gt=0, description="Timestep shift s*t/(1+(s-1)t) for training t.")
     init_weights: str | None = Field(
         None, description="A LoRA run's final/ folder (or its adapter/) that the new adapter starts from "
-        "(online rounds); the reference stays the base.")
+        "(online rounds); the reference stays the base unless --reference-weights is given.")
+    reference_weights: str | None = Field(
+        None, description="A LoRA run's final/ folder (or its adapter/) whose policy is the Flow-DPO reference "
+        "(online --reference previous): a frozen copy of the base with it merged in (one more copy of the base "
+        "weights in memory). Default: the base.")
     num_samples: int = Field(2, ge=0, description="Prompts sampled from reference and policy at the end (mp4).")
     sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
     sample_guidance: float = Field(1.0, ge=1.0, description="CFG scale for samples (1 = off).")
@@ -115,8 +119,8 @@ def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
     return out / "final"
 
 
-def _init_adapter(init_weights: str | None) -> str | None:
-    """The ``adapter/`` folder of ``--init-weights`` (a final/ folder or the adapter folder itself).
+def _init_adapter(init_weights: str | None, flag: str = "--init-weights") -> str | None:
+    """The ``adapter/`` folder of ``init_weights`` (a final/ folder or the adapter folder itself) given as ``flag``.
 
     Raises:
         ModelPathError: the folder holds no adapter.
@@ -129,7 +133,7 @@ def _init_adapter(init_weights: str | None) -> str | None:
     for cand in (path / "adapter", path):
         if (cand / "adapter_config.json").is_file():
             return str(cand)
-    raise ModelPathError(f"--init-weights {init_weights}: no adapter/ with adapter_config.json")
+    raise ModelPathError(f"{flag} {init_weights}: no adapter/ with adapter_config.json")
 
 
 def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
@@ -195,6 +199,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     from videoalign_ray.flow.pipeline import encode_pairs
     from videoalign_ray.flow.train_loop import LoopConfig, loop_config_dict, train_loop_per_worker
     from videoalign_ray.runtime.launch import (
+        fit_with_timeout,
         make_trainer,
         resolve_grad_accum,
         split_for_workers,
@@ -242,13 +247,14 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
         rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
+        reference_adapter=_init_adapter(cfg.reference_weights, "--reference-weights"),
         gradient_checkpointing=checkpointing, cache_dir=spec.cache_dir,
     )
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=run_name, max_failures=cfg.max_failures, num_to_keep=cfg.num_to_keep,
     )
-    result = trainer.fit()
+    result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"Flow-DPO training {run_name!r}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint (max_steps = 0?)")
     with result.checkpoint.as_directory() as ckpt_dir:

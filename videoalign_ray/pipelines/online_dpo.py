@@ -51,6 +51,9 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     pair_rule: Literal["best-worst", "all-above-margin"] = Field("best-worst", description="Pairs per prompt.")
     min_margin: float = Field(0.0, ge=0, description="Weighted-reward gap below which a pair is not kept.")
     replay_rounds: int = Field(0, ge=0, description="Earlier rounds' pairs added to each round's training.")
+    reference: Literal["base", "previous"] = Field(
+        "base", description="Flow-DPO reference of each round: the base generator, or the previous round's "
+        "policy (a frozen merged copy: one more copy of the base weights in the trainer's memory).")
     steps_per_round: int = Field(20, ge=1, description="Flow-DPO optimizer steps per round.")
     batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers per round.")
@@ -61,6 +64,8 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
                                          "per-round win rate vs the base (0: off).")
     actor_start_timeout_s: float = Field(300.0, gt=0, description="Seconds for the generation actors to load.")
     group_timeout_s: float = Field(1800.0, gt=0, description="Seconds one prompt group may take to generate.")
+    train_timeout_s: float = Field(3600.0, gt=0, description="Seconds one round's Flow-DPO training (Ray Train "
+                                   "fit: worker start, restarts, steps) may take before the job fails naming it.")
     generator_replacements: int = Field(2, ge=0, description="Dead generation actors replaced (and their "
                                         "groups sent again) before the job fails.")
     fail_generator_on: str | None = Field(None, description="Fault injection for tests: 'ROUND,PROMPT' kills "

@@ -70,6 +70,7 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
         train_loop_per_worker,
     )
     from videoalign_ray.runtime.launch import (
+        fit_with_timeout,
         make_trainer,
         resolve_grad_accum,
         split_for_workers,
@@ -104,11 +105,12 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
         log_every=cfg.log_every, seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
         fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step, cache_dir=enc.cache_dir,
     )
-    result = make_trainer(
+    trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
         num_to_keep=cfg.num_to_keep,
-    ).fit()
+    )
+    result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"latent reward training {out.name!r}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:

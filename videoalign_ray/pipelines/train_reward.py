@@ -73,6 +73,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         train_loop_per_worker,
     )
     from videoalign_ray.runtime.launch import (
+        fit_with_timeout,
         make_trainer,
         resolve_grad_accum,
         split_for_workers,
@@ -131,11 +132,12 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,
         fault_marker=str(out / ".fault_injected"), fail_at_step=cfg.fail_at_step, cache_dir=cache_dir,
     )
-    result = make_trainer(
+    trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
         num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_rows.rows},
-    ).fit()
+    )
+    result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"VideoReward training {out.name!r}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
 

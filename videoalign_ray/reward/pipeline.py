@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 
-from videoalign_ray.data.cache import TensorCache, load_row_at
+from videoalign_ray.data.cache import KeyRows, TensorCache
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_to_budget
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
+from videoalign_ray.runtime.launch import key_rows_dataset
 
 INVALID = -100
 
@@ -104,35 +104,13 @@ def pair_rows(pairs: list[PreferencePair], videos: dict[str, dict]) -> tuple[lis
     return items, rejects
 
 
-@dataclass
-class RewardRows:
-    """The key rows of the usable pairs (materialized, ~200 bytes each), their rejects, and the frame cache.
-
-    A training worker loads the frames of its micro-batches itself (``runtime.driver``); :meth:`load` gives
-    other readers ``{idx, row, frames_a: (T,H,W,3) uint8, frames_b, caption, labels: (3,) int64}`` lazily. The
-    object store never holds the frames of the whole table.
-    """
-
-    rows: Any
-    cache_dir: str
-    rejects: list[Reject] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=dict)
-
-    def load(self, rows: Any = None) -> Any:
-        rows = self.rows if rows is None else rows
-        return None if rows is None else rows.map(load_row_at, fn_kwargs={"cache_dir": self.cache_dir})
-
-    @property
-    def dataset(self) -> Any:
-        return self.load()
-
-
-def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec, cache_dir: str) -> RewardRows:
+def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec, cache_dir: str) -> KeyRows:
     """Decode every distinct video of ``pairs`` once (Ray Data tasks spread over the nodes) into the frame
     cache under ``cache_dir`` (shared storage on a cluster); a rerun finds them there.
 
     Returns:
-        RewardRows: key rows ordered as ``pairs`` and a Reject per failed video of a pair.
+        KeyRows: ``{idx, row, frames_a_key, frames_b_key, caption, labels}`` ordered as ``pairs`` (loaded:
+        frames ``(T, H, W, 3)`` uint8, labels ``(3,)`` int64) and a Reject per failed video of a pair.
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
     decoded = (ray.data.from_items([{"path": v} for v in videos], override_num_blocks=max(1, min(len(videos), 64)))
@@ -140,11 +118,7 @@ def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec, cache_dir: str) -
                .take_all()) if videos else []
     video_rows = {r["path"]: r for r in decoded}
     items, rejects = pair_rows(pairs, video_rows)
-    rows = None
-    if items:
-        rows = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256))))
-        rows = rows.materialize()
     stats = {"videos": len(videos), "videos_cached": sum(r["status"] == "cached" for r in decoded),
              "videos_decoded": sum(r["status"] == "decoded" for r in decoded),
              "videos_failed": sum(r["status"] == "error" for r in decoded)}
-    return RewardRows(rows=rows, cache_dir=cache_dir, rejects=rejects, stats=stats)
+    return KeyRows(rows=key_rows_dataset(items), cache_dir=cache_dir, rejects=rejects, stats=stats)

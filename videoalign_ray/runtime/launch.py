@@ -2,23 +2,80 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from videoalign_ray.errors import DataError
 
+log = logging.getLogger(__name__)
+
+
+def _running_cluster() -> tuple[str | None, str]:
+    """The address ``ray.init()`` will join and where it came from: ``RAY_ADDRESS``, else the latest
+    ``ray start`` on this machine (Ray's address file under its temp dir), else (None, "") for a new local Ray."""
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return (None, "") if env == "local" else (env, "RAY_ADDRESS")
+    try:
+        from ray._private.utils import read_ray_address  # the file ray.init itself reads; private in Ray 2.x
+
+        found = read_ray_address()
+    except Exception:  # noqa: BLE001 - an unreadable file: start a private local Ray
+        found = None
+    return (found, "the latest `ray start` on this machine") if found else (None, "")
+
 
 def init_ray() -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray."""
+    """Join the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``), else the latest ``ray start`` on this
+    machine (Ray's own rule), else start a private local Ray; log which one and what it has free, so a job that
+    joined a busy cluster by accident says so (``RAY_ADDRESS=local`` starts a private one).
+
+    A private local Ray gets its own temp dir (``RAY_TMPDIR``, inherited by its raylet and workers) holding its
+    own address file. Without it, Ray-internal code in its workers that looks a cluster up by "the latest
+    ``ray start`` on this machine" (Ray Train's placement-group cleaner uses the state API that way) finds any
+    cluster someone starts beside it later, decides the run's controller is gone and tears the run down
+    (reproduced: a 3-round online run crashed in round 2 when a test ran ``ray start``).
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", log_to_driver=True)
+        address, source = _running_cluster()
+        if address is None:
+            private = tempfile.mkdtemp(prefix="vr-", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: socket paths
+            os.environ["RAY_TMPDIR"] = private
+            if os.environ.get("RAY_ADDRESS") == "local":
+                del os.environ["RAY_ADDRESS"]  # the workers must not inherit it; they read the address file below
+            ray.init(address="local", logging_level="WARNING", log_to_driver=True)
+            gcs = ray.get_runtime_context().gcs_address
+            Path(private, "ray").mkdir(parents=True, exist_ok=True)
+            Path(private, "ray", "ray_current_cluster").write_text(gcs)
+            where = f"started a private local Ray at {gcs} (logs under {private}/ray)"
+        else:
+            # Ray's own lookup (not the address we read): it also finds the cluster's auth token
+            ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", log_to_driver=True)
+            where = f"joined the Ray cluster at {address} ({source})"
+        total, free = ray.cluster_resources(), ray.available_resources()
+        log.info(f"{where}: {free.get('CPU', 0):g}/{total.get('CPU', 0):g} CPUs and "
+                 f"{free.get('GPU', 0):g}/{total.get('GPU', 0):g} GPUs free"
+                 + ("; RAY_ADDRESS=local starts a private one" if source.startswith("the latest") else ""))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # deterministic shards for a given seed
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars in a terminal, not in CI logs
+
+
+def key_rows_dataset(items: list[dict]):
+    """The materialized Ray Dataset of small rows (cache keys, labels) in the given order, one block per ~256
+    rows and at least 8, so a rank's shard is read in pieces; None for no rows."""
+    import ray
+
+    if not items:
+        return None
+    return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256)))).materialize()
 
 
 def use_gpu_default(configured: bool | None) -> bool:
@@ -52,6 +109,47 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
         ),
     )
+
+
+def fit_with_timeout(trainer, timeout_s: float, what: str):
+    """``trainer.fit()`` that gives up after ``timeout_s`` seconds (Ray Train's fit has no timeout of its own: a
+    worker group that cannot be placed waits for resources forever).
+
+    The fit runs on a daemon thread; on timeout the driver raises and, when it exits, Ray ends the run's
+    controller and workers (they belong to the driver's job). Checkpoints already written stay, so the same
+    command resumes.
+
+    Raises:
+        FitTimeoutError: not finished within ``timeout_s``; the message names ``what``, the workers asked for
+            and the cluster's free CPUs/GPUs.
+        Whatever ``fit`` raised.
+    """
+    import ray
+
+    from videoalign_ray.errors import FitTimeoutError
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name=f"fit:{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        scaling = trainer.scaling_config
+        free = ray.available_resources()
+        raise FitTimeoutError(
+            f"{what}: Ray Train fit did not finish within {timeout_s:g} s ({scaling.num_workers} workers, "
+            f"use_gpu={scaling.use_gpu}; the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} "
+            f"GPUs free now). Raise the timeout for a longer run, or give the job a cluster with room for its "
+            f"workers; rerunning the same command resumes from the last checkpoint.")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def resolve_grad_accum(global_batch: int | None, micro_batch: int, num_workers: int, grad_accum: int) -> int:
