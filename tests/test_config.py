@@ -33,3 +33,9 @@ def test_invalid_value_is_named(tmp_path):
 def test_bool_flag(tmp_path):
     assert resolve_config(FlowDPOConfig, ["--use-gpu", "false"]).use_gpu is False
     assert resolve_config(FlowDPOConfig, ["--use-gpu"]).use_gpu is True
+
+
+def test_reference_weights_only_with_the_dpo_objective():
+    assert resolve_config(FlowDPOConfig, ["--reference-weights", "/r/final"]).reference_weights == "/r/final"
+    with pytest.raises(ConfigError, match="reference_weights sets the Flow-DPO reference; objective 'sft'"):
+        resolve_config(FlowDPOConfig, ["--reference-weights", "/r/final", "--objective", "sft"])

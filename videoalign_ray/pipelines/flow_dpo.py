@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from videoalign_ray.config import (
     DataSection,
@@ -69,6 +69,12 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     gpu_memory_gib: float = Field(
         80.0, gt=0, description="GPU memory per worker; a real-preset step that the memory model "
         "(videoalign_ray/flow/memory.py) puts above 85% of it gets a warning before training starts.")
+
+    @model_validator(mode="after")
+    def _reference_weights_need_dpo(self):
+        if self.reference_weights and self.objective != "dpo":
+            raise ValueError(f"reference_weights sets the Flow-DPO reference; objective {self.objective!r} has none")
+        return self
 
 
 class FlowRWRConfig(FlowDPOConfig):
