@@ -8,6 +8,7 @@ With RAY_ADDRESS=local beside that same cluster, the job starts a private Ray an
 placement-group cleaner inside it must not find the other cluster through the machine's address file.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -77,3 +78,21 @@ def test_a_private_local_ray_beside_another_cluster_finishes_two_rounds_with_ref
     cfg2 = yaml.safe_load((rounds / "round=002" / "train" / "config.yaml").read_text())
     assert cfg1["reference_weights"] is None and cfg1["init_weights"] is None
     assert cfg2["reference_weights"] == cfg2["init_weights"] == str(rounds / "round=001" / "train" / "final")
+
+
+def test_init_ray_leaves_the_driver_environment_as_it_was(tmp_path):
+    """After a job's private Ray, a plain ray.init(num_cpus=...) in the same process starts a fresh local Ray
+    (CI: the in-process job tests ran before the conftest fixture's ray.init, which then found the job's address
+    file through a leaked RAY_TMPDIR: 'When connecting to an existing cluster, num_cpus ... must not be provided')."""
+    code = (
+        "import os, ray\n"
+        "from videoalign_ray.runtime.launch import init_ray\n"
+        "before = {k: os.environ.get(k) for k in ('RAY_TMPDIR', 'RAY_ADDRESS')}\n"
+        "init_ray(); ray.shutdown()\n"
+        "assert {k: os.environ.get(k) for k in ('RAY_TMPDIR', 'RAY_ADDRESS')} == before, os.environ.get('RAY_TMPDIR')\n"
+        "ray.init(num_cpus=1, include_dashboard=False); ray.shutdown(); print('fresh ok')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    for extra in ({}, {"RAY_ADDRESS": "local"}):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=180)
+        assert proc.returncode == 0 and "fresh ok" in proc.stdout, proc.stderr[-3000:]

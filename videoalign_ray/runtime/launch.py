@@ -47,10 +47,16 @@ def init_ray() -> None:
         address, source = _running_cluster()
         if address is None:
             private = tempfile.mkdtemp(prefix="vr-", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: socket paths
-            os.environ["RAY_TMPDIR"] = private
-            if os.environ.get("RAY_ADDRESS") == "local":
-                del os.environ["RAY_ADDRESS"]  # the workers must not inherit it; they read the address file below
-            ray.init(address="local", logging_level="WARNING", log_to_driver=True)
+            # Ray's processes (and the workers its raylet spawns) copy the environment at this ray.init; the
+            # driver's own environment is restored after it, so a later ray.init in this process (tests) is not
+            # pointed at this cluster's address file.
+            saved = {k: os.environ.pop(k, None) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
+            os.environ["RAY_TMPDIR"] = private  # RAY_ADDRESS (maybe "local") is not inherited: they read the file
+            try:
+                ray.init(address="local", logging_level="WARNING", log_to_driver=True)
+            finally:
+                os.environ.pop("RAY_TMPDIR", None)
+                os.environ.update({k: v for k, v in saved.items() if v is not None})
             gcs = ray.get_runtime_context().gcs_address
             Path(private, "ray").mkdir(parents=True, exist_ok=True)
             Path(private, "ray", "ray_current_cluster").write_text(gcs)
