@@ -92,6 +92,31 @@ def test_resize_rules():
     assert out.shape == (3, 32, 32, 3) and int(out.min()) == 200
 
 
+@pytest.mark.parametrize("source", ["noise", "video"])
+@pytest.mark.parametrize("size", [(308, 588), (336, 560), (100, 700), (40, 40)])
+def test_downscale_is_within_two_levels_of_the_float_bicubic_reference(source, size, shared_data):
+    """The uint8 kernel used for downscaling (what torchvision v2 runs on uint8 CPU tensors) against the float
+    rule of torchvision v1: bicubic, antialiased, rounded and clamped, written out here independently of
+    ``transforms._resize``. On video frames within 2 levels; on noise the uint8 kernel clamps its intermediate
+    pass, so single pixels at extreme edges differ more while the mean stays below 0.3 levels."""
+    import torch
+    import torch.nn.functional as F
+
+    from videoalign_ray.data.transforms import _resize
+
+    if source == "noise":
+        frames = np.random.default_rng(0).integers(0, 256, (2, 480, 832, 3), dtype=np.uint8)
+    else:
+        frames = load_video(shared_data / "videoalign-examples" / "videos" / "example_1_A.mp4", num_frames=2).frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).double()
+    ref = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(np.int16)
+    out = _resize(frames, *size)
+    assert out.dtype == np.uint8 and out.shape == (2, *size, 3) and out.flags.c_contiguous
+    diff = np.abs(out.astype(np.int16) - ref)
+    assert diff.max() <= (2 if source == "video" else 16) and diff.mean() < 0.3, (diff.max(), diff.mean())
+
+
 def test_write_mp4_roundtrip(tmp_path):
     frames = np.zeros((6, 16, 24, 3), np.uint8)
     frames[:, :, :12] = 255
