@@ -51,6 +51,7 @@ def test_default_job_then_resume(tmp_path):
     # Same output folder, more steps: resumes from step 4, reuses the latent cache and the MLflow run.
     s2 = run_flow_job(_cfg(out, max_steps=6))
     assert s2["steps"] == 6
+    assert s1["final_metrics"]["time/torch_threads"] == 1  # 2 workers share the 2 CPUs
     assert s2["mlflow_run_id"] == s1["mlflow_run_id"] and s2["resumed_mlflow_run"]
     assert s2["data_stats"]["videos_cached"] == s2["data_stats"]["videos"] > 0
     assert s2["data_stats"]["videos_encoded"] == 0
@@ -85,12 +86,17 @@ def test_bad_videos_are_rejected_and_training_continues(tmp_path):
     bad = df.iloc[0].copy()
     bad["path_A"], bad["VQ"], bad["MQ"], bad["TA"] = "videos/broken.mp4", "A", "A", "A"
     pd.concat([df, bad.to_frame().T], ignore_index=True).to_csv(tmp_path / "data" / "with_bad.csv", index=False)
-    s = run_flow_job(_cfg(tmp_path / "run", data=str(tmp_path / "data" / "with_bad.csv"), max_steps=2,
-                          num_samples=0))
+    s = run_flow_job(_cfg(tmp_path / "run", data=str(tmp_path / "data" / "with_bad.csv"), max_steps=3,
+                          num_samples=0, num_workers=1, checkpoint_every=3))
     rejects = pd.read_csv(s["rejects_csv"])
     row = rejects[rejects["column"] == "chosen"]
     assert len(row) == 1 and row.iloc[0]["row"] == len(df) + 1
     assert "broken.mp4" in row.iloc[0]["value"] and "cannot open video" in row.iloc[0]["reason"]
-    assert s["rejects"] == 1 and s["steps"] == 2
+    assert s["rejects"] == 1 and s["steps"] == 3
+    # One worker on the 2-CPU test cluster reserves both CPUs and runs torch on both (Ray's default: 1 and 1).
+    assert s["final_metrics"]["time/torch_threads"] == 2
+    st = s["startup_s"]
+    assert 0 <= st["ray"] <= st["data"] < st["first_step"], st
+    assert 0 < s["final_metrics"]["time/mean_step_s"] < st["first_step"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rejects"] == 1
     assert torch.isfinite(torch.tensor(s["final_metrics"]["loss"]))

@@ -141,6 +141,9 @@ class TrainSection(JobConfig):
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
     use_gpu: bool | None = Field(None, description="Default: True when the cluster has GPUs.")
+    cpus_per_worker: int | None = Field(
+        None, ge=1, description="CPUs each Ray Train worker reserves; its torch runs that many threads. Default: "
+        "on CPU the cluster's free CPUs / num_workers, on GPU 1 (the other CPUs stay for data tasks).")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     max_steps: int = Field(30, ge=0, description="Optimizer steps in total (a resumed run continues up to this).")

@@ -26,7 +26,7 @@ from videoalign_ray.data.cache import KeyRows, TensorCache, prompt_key, video_ke
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.launch import key_rows_dataset
+from videoalign_ray.runtime.launch import collect_rows, key_rows_dataset
 
 DECODE_CPUS = 0.5
 
@@ -52,7 +52,8 @@ class EncodeSpec:
 def _decode_row(row: dict, spec: EncodeSpec) -> dict:
     cache = TensorCache(spec.cache_dir)
     empty = np.zeros((0, spec.height, spec.width, 3), np.uint8)
-    out = {"path": row["path"], "key": "", "frames": empty, "status": "error", "error": ""}
+    out = {"path": row["path"], "key": "", "frames": empty, "status": "error", "error": "",
+           "node": ray.get_runtime_context().get_node_id()}  # which node decoded it (data_stats: decode_nodes)
     try:
         key = video_key(row["path"], spec.num_frames, spec.height, spec.width, spec.vae_id)
         out["key"] = key
@@ -96,7 +97,8 @@ class LatentEncoder:
                 status[i] = "encoded"
             except Exception as exc:  # noqa: BLE001 - reported per video, the batch goes on
                 status[i], errors[i] = "error", f"{batch['path'][i]}: VAE encode failed ({exc})"
-        return {"path": batch["path"], "key": batch["key"], "status": np.array(status), "error": np.array(errors)}
+        return {"path": batch["path"], "key": batch["key"], "status": np.array(status), "error": np.array(errors),
+                "node": batch["node"]}
 
 
 class PromptEncoder:
@@ -164,9 +166,9 @@ def encode_pairs(
                 num_cpus=1,
                 num_gpus=1 if spec.use_gpu else 0,
             )
-            .materialize()
         )
-        video_rows.update({r["path"]: r for r in decoded.take_all()})
+        done = collect_rows(decoded, len(todo), "decode+encode videos", "video")
+        video_rows.update({r["path"]: r for r in done})
     prompts = sorted({p.prompt for p in pairs})
     prompt_keys = {p: prompt_key(p, spec.text_encoder_id, spec.max_text_tokens) for p in prompts}
     cache = TensorCache(spec.cache_dir)
@@ -177,9 +179,8 @@ def encode_pairs(
                 PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64,
                 compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if spec.use_gpu else 0,
             )
-            .take_all()
         )
-        prompt_keys = {r["prompt"]: r["key"] for r in prompt_rows}
+        prompt_keys = {r["prompt"]: r["key"] for r in collect_rows(prompt_rows, len(prompts), "encode prompts", "prompt")}
 
     rejects: list[Reject] = []
     items = []
@@ -202,6 +203,7 @@ def encode_pairs(
         "videos_cached": sum(r["status"] == "cached" for r in video_rows.values()),
         "videos_encoded": sum(r["status"] == "encoded" for r in video_rows.values()),
         "videos_failed": sum(r["status"] == "error" for r in video_rows.values()),
+        "decode_nodes": len({r["node"] for r in video_rows.values() if r["status"] != "cached"}),  # nodes that decoded
         "prompts": len(prompts),
     }
     return KeyRows(rows=key_rows_dataset(items), cache_dir=spec.cache_dir, rejects=rejects, stats=stats)

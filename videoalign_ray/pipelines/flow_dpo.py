@@ -207,6 +207,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     from videoalign_ray.runtime.launch import (
         fit_with_timeout,
         make_trainer,
+        resolve_cpus_per_worker,
         resolve_grad_accum,
         split_for_workers,
         use_gpu_default,
@@ -254,11 +255,13 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
         rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
         reference_adapter=_init_adapter(cfg.reference_weights, "--reference-weights"),
-        gradient_checkpointing=checkpointing, cache_dir=spec.cache_dir,
+        gradient_checkpointing=checkpointing, cache_dir=spec.cache_dir, job_started_unix=job.started_unix,
     )
+    job.mark("data")
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=run_name, max_failures=cfg.max_failures, num_to_keep=cfg.num_to_keep,
+        cpus_per_worker=resolve_cpus_per_worker(cfg.cpus_per_worker, cfg.num_workers, use_gpu),
     )
     result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"Flow-DPO training {run_name!r}")
     if result.checkpoint is None:
@@ -295,5 +298,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         "samples": [str(s) for s in samples],
         "resumed_mlflow_run": job.resumed,
         "data_stats": counts,
+        # seconds from the job's start: Ray up, data ready (key rows split), first optimizer step
+        "startup_s": {**job.startup, "first_step": metrics.get("startup/first_step_s")},
     }
     return job.complete(summary)

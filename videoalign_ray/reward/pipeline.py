@@ -22,7 +22,7 @@ from videoalign_ray.data.cache import KeyRows, TensorCache
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_to_budget
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.launch import key_rows_dataset
+from videoalign_ray.runtime.launch import collect_rows, key_rows_dataset
 
 INVALID = -100
 
@@ -74,7 +74,8 @@ def _decode_video(row: dict, spec: FrameSpec, cache_dir: str) -> dict:
     import torch
 
     cache = TensorCache(cache_dir)
-    out = {"path": row["path"], "key": "", "status": "error", "error": ""}
+    out = {"path": row["path"], "key": "", "status": "error", "error": "",
+           "node": ray.get_runtime_context().get_node_id()}  # which node decoded it (stats: decode_nodes)
     try:
         out["key"] = key = frame_key(row["path"], spec)
         if cache.has(key):
@@ -113,12 +114,14 @@ def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec, cache_dir: str) -
         frames ``(T, H, W, 3)`` uint8, labels ``(3,)`` int64) and a Reject per failed video of a pair.
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
-    decoded = (ray.data.from_items([{"path": v} for v in videos], override_num_blocks=max(1, min(len(videos), 64)))
-               .map(_decode_video, fn_kwargs={"spec": spec, "cache_dir": cache_dir})  # tasks SPREAD over nodes
-               .take_all()) if videos else []
+    decoded = collect_rows(
+        ray.data.from_items([{"path": v} for v in videos], override_num_blocks=max(1, min(len(videos), 64)))
+        .map(_decode_video, fn_kwargs={"spec": spec, "cache_dir": cache_dir}),  # tasks SPREAD over nodes
+        len(videos), "decode videos", "video") if videos else []
     video_rows = {r["path"]: r for r in decoded}
     items, rejects = pair_rows(pairs, video_rows)
     stats = {"videos": len(videos), "videos_cached": sum(r["status"] == "cached" for r in decoded),
              "videos_decoded": sum(r["status"] == "decoded" for r in decoded),
-             "videos_failed": sum(r["status"] == "error" for r in decoded)}
+             "videos_failed": sum(r["status"] == "error" for r in decoded),
+             "decode_nodes": len({r["node"] for r in decoded if r["status"] != "cached"})}
     return KeyRows(rows=key_rows_dataset(items), cache_dir=cache_dir, rejects=rejects, stats=stats)

@@ -46,6 +46,8 @@ class DriverSpec:
     fault_marker: str
     fail_at_step: int | None
     desc: str
+    job_started_unix: float = 0.0
+    """``time.time()`` when the job started (0: unknown); rank 0 reports ``startup/first_step_s`` from it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,8 @@ class LoopCommon:
     gradient_checkpointing: bool = False
     cache_dir: str = ""
     """Tensor cache of the key rows (``<name>_key`` columns) the shards hold; "" when rows carry tensors."""
+    job_started_unix: float = 0.0
+    """``time.time()`` at the job's start, for the time-to-first-step metric (0: not measured)."""
     def deepspeed_config(self, world_size: int) -> dict:
         """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.runtime.strategy.deepspeed_config`;
         the lr schedule spans ``max_steps``)."""
@@ -91,6 +95,7 @@ class LoopCommon:
             log_every=self.log_every, checkpoint_every=self.checkpoint_every,
             mlflow_tracking_uri=self.mlflow_tracking_uri, mlflow_run_id=self.mlflow_run_id,
             fault_marker=self.fault_marker, fail_at_step=self.fail_at_step, desc=desc,
+            job_started_unix=self.job_started_unix,
         )
 
 
@@ -157,6 +162,17 @@ def _maybe_inject_fault(spec: DriverSpec, step: int, rank: int, world: int) -> N
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def use_assigned_cpus() -> int:
+    """Set this worker's torch intra-op threads to the CPUs Ray assigned it (``ScalingConfig``'s
+    ``resources_per_worker``); returns the thread count. Outside a Ray worker torch's count is kept."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") if ray.is_initialized() else None
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
+    return torch.get_num_threads()
+
+
 def mean_over_workers(values: dict[str, torch.Tensor], keys) -> dict[str, float]:
     """All-reduce mean of the named scalar metrics over ranks (every rank must call it)."""
     import torch.distributed as dist
@@ -189,6 +205,9 @@ def run_steps(
         logging.getLogger("videoalign_ray").setLevel(logging.INFO)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = use_assigned_cpus()
+    if rank == 0:
+        log.info("%d worker(s), %d torch thread(s) each", world, threads)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -205,10 +224,12 @@ def run_steps(
     step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
     progress = None
     if rank == 0:
-        from tqdm.auto import tqdm
+        from videoalign_ray.runtime.progress import progress as progress_bar
 
-        progress = tqdm(total=spec.max_steps, initial=step, desc=spec.desc, unit="step", mininterval=2.0)
+        progress = progress_bar(spec.max_steps, spec.desc, "step", initial=step)  # log lines without a TTY
     last: dict[str, float] = {}
+    timing: dict[str, float] = {"time/torch_threads": float(threads)}  # merged into every report
+    first_step_at = None
     micro = 0
     t_start = time.perf_counter()
     while step < spec.max_steps:
@@ -223,6 +244,14 @@ def run_steps(
                 continue
             micro = 0
             step += 1
+            if first_step_at is None:  # the first step of this process (of the run, or after a resume)
+                first_step_at, first_step = time.perf_counter(), step
+                if spec.job_started_unix:
+                    timing["startup/first_step_s"] = time.time() - spec.job_started_unix
+                    if tracker is not None:
+                        tracker.log_metrics({"startup/first_step_s": timing["startup/first_step_s"]}, step)
+            elif step > first_step:
+                timing["time/mean_step_s"] = (time.perf_counter() - first_step_at) / (step - first_step)
             _maybe_inject_fault(spec, step, rank, world)
             if step % spec.log_every == 0 or step == spec.max_steps:
                 last = mean_over_workers(metrics, metric_keys)
@@ -243,7 +272,7 @@ def run_steps(
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": consumed}
                 with tempfile.TemporaryDirectory(prefix="va-ckpt-") as tmp:
                     save_checkpoint(engine, Path(tmp), state, lora=lora, rank=rank, adapter_config=adapter_config)
-                    ray.train.report({"step": step, **last}, checkpoint=Checkpoint.from_directory(tmp))
+                    ray.train.report({"step": step, **last, **timing}, checkpoint=Checkpoint.from_directory(tmp))
             if step >= spec.max_steps:
                 break
         else:

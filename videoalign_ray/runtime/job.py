@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,15 @@ class JobRun:
     tracker: Any = None
     tracking_uri: str | None = None
     resumed: bool = False
+    started_unix: float = field(default_factory=time.time)
+    """``time.time()`` when the job began (before Ray); ``startup`` holds seconds from it to each stage."""
+    startup: dict[str, float] = field(default_factory=dict)
     _done: bool = field(default=False, repr=False)
+
+    def mark(self, stage: str) -> float:
+        """Record and return the seconds from the job's start to the end of ``stage`` (e.g. ``ray``, ``data``)."""
+        self.startup[stage] = round(time.time() - self.started_unix, 3)
+        return self.startup[stage]
 
     def complete(self, summary: dict) -> dict:
         """Add the MLflow ids to ``summary``, write ``<out>/summary.json`` atomically, log it, end the run
@@ -76,6 +85,7 @@ def job_run(cfg, *, track: bool = True, resume_tracking: bool = True, start_ray:
         from videoalign_ray.runtime.launch import init_ray
 
         init_ray()
+        job.mark("ray")
     if track:
         job.tracking_uri = default_tracking_uri(out, cfg.mlflow_tracking_uri)
         job.tracker, job.resumed = Tracker.start_or_resume(

@@ -84,16 +84,53 @@ def key_rows_dataset(items: list[dict]):
     return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256)))).materialize()
 
 
+def collect_rows(dataset, total: int, desc: str, unit: str) -> list[dict]:
+    """The rows of a Ray Dataset of small result rows, streamed (its operators run while rows arrive) with a
+    progress bar or, without a terminal, a log line every ``VIDEOALIGN_PROGRESS_EVERY_S`` seconds:
+    done/total and rate for the stage ``desc``."""
+    from videoalign_ray.runtime.progress import progress
+
+    rows = []
+    with progress(total, desc, unit) as bar:
+        for row in dataset.iter_rows():
+            rows.append(row)
+            bar.update(1)
+    return rows
+
+
 def use_gpu_default(configured: bool | None) -> bool:
     import ray
 
     return configured if configured is not None else ray.cluster_resources().get("GPU", 0) > 0
 
 
+def resolve_cpus_per_worker(configured: int | None, num_workers: int, use_gpu: bool) -> int:
+    """CPUs per Ray Train worker: ``configured``, else 1 on GPU (the GPU computes; the other CPUs stay for Ray
+    Data tasks), else the cluster's free CPUs shared out over ``num_workers`` (at least 1), lowered until that
+    many workers of that size fit on the nodes (a worker does not span nodes). Ray's own default
+    is 1 CPU per worker, and Ray sets a 1-CPU worker's torch to one thread: on a 2-core machine one worker
+    trained at half speed."""
+    import ray
+
+    if configured:
+        return configured
+    if use_gpu:
+        return 1
+    cpus = max(1, int(ray.available_resources().get("CPU", 0) // num_workers))
+    # a worker's CPUs come from one node: shrink until the nodes can hold num_workers of them
+    nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    while cpus > 1 and sum(int(n // cpus) for n in nodes) < num_workers:
+        cpus -= 1
+    return cpus
+
+
 def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers: int, use_gpu: bool, out: Path,
-                 run_name: str, max_failures: int, num_to_keep: int, extra_datasets: dict | None = None):
+                 run_name: str, max_failures: int, num_to_keep: int, extra_datasets: dict | None = None,
+                 cpus_per_worker: int = 1):
     """A TorchTrainer whose worker r reads ``shard_r`` (and every worker the ``extra_datasets``), with
-    checkpoints and the run snapshot under ``<out>/ray_results/<run_name>`` (re-running resumes)."""
+    checkpoints and the run snapshot under ``<out>/ray_results/<run_name>`` (re-running resumes). Each worker
+    reserves ``cpus_per_worker`` CPUs (and one GPU with ``use_gpu``); ``runtime.driver.run_steps`` sets its torch
+    threads to them."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -102,7 +139,8 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
         loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={
+            "CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         datasets={**{f"shard_{i}": s for i, s in enumerate(shards)}, **(extra_datasets or {})},
         # Ray Train resolves ingest options in its controller process, whose DataContext does not carry the
         # driver's preserve_order: without this the shards' rows arrive in block-completion order, and two
