@@ -26,7 +26,7 @@ from videoalign_ray.data.cache import KeyRows, TensorCache, prompt_key, video_ke
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.launch import collect_rows, key_rows_dataset
+from videoalign_ray.runtime.launch import collect_rows, current_node_id, key_rows_dataset
 
 DECODE_CPUS = 0.5
 
@@ -53,7 +53,7 @@ def _decode_row(row: dict, spec: EncodeSpec) -> dict:
     cache = TensorCache(spec.cache_dir)
     empty = np.zeros((0, spec.height, spec.width, 3), np.uint8)
     out = {"path": row["path"], "key": "", "frames": empty, "status": "error", "error": "",
-           "node": ray.get_runtime_context().get_node_id()}  # which node decoded it (data_stats: decode_nodes)
+           "node": current_node_id()}  # which node decoded it (data_stats: decode_nodes)
     try:
         key = video_key(row["path"], spec.num_frames, spec.height, spec.width, spec.vae_id)
         out["key"] = key

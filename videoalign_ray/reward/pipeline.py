@@ -22,7 +22,7 @@ from videoalign_ray.data.cache import KeyRows, TensorCache
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_to_budget
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.launch import collect_rows, key_rows_dataset
+from videoalign_ray.runtime.launch import collect_rows, current_node_id, key_rows_dataset
 
 INVALID = -100
 
@@ -75,7 +75,7 @@ def _decode_video(row: dict, spec: FrameSpec, cache_dir: str) -> dict:
 
     cache = TensorCache(cache_dir)
     out = {"path": row["path"], "key": "", "status": "error", "error": "",
-           "node": ray.get_runtime_context().get_node_id()}  # which node decoded it (stats: decode_nodes)
+           "node": current_node_id()}  # which node decoded it (stats: decode_nodes)
     try:
         out["key"] = key = frame_key(row["path"], spec)
         if cache.has(key):

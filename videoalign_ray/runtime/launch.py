@@ -98,6 +98,13 @@ def collect_rows(dataset, total: int, desc: str, unit: str) -> list[dict]:
     return rows
 
 
+def current_node_id() -> str:
+    """The Ray node id of the calling task or actor; "" when Ray is not initialized (a direct call in a test)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def use_gpu_default(configured: bool | None) -> bool:
     import ray
 
