@@ -75,7 +75,6 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     from videoalign_ray.runtime.launch import (
         fit_with_timeout,
         make_trainer,
-        resolve_cpus_per_worker,
         resolve_grad_accum,
         split_for_workers,
         use_gpu_default,
@@ -137,7 +136,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
         num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_rows.rows},
-        cpus_per_worker=resolve_cpus_per_worker(cfg.cpus_per_worker, cfg.num_workers, use_gpu),
+        cpus_per_worker=cfg.cpus_per_worker,
     )
     result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"VideoReward training {out.name!r}")
     if result.checkpoint is None:

@@ -133,11 +133,11 @@ def resolve_cpus_per_worker(configured: int | None, num_workers: int, use_gpu: b
 
 def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers: int, use_gpu: bool, out: Path,
                  run_name: str, max_failures: int, num_to_keep: int, extra_datasets: dict | None = None,
-                 cpus_per_worker: int = 1):
+                 cpus_per_worker: int | None = None):
     """A TorchTrainer whose worker r reads ``shard_r`` (and every worker the ``extra_datasets``), with
     checkpoints and the run snapshot under ``<out>/ray_results/<run_name>`` (re-running resumes). Each worker
-    reserves ``cpus_per_worker`` CPUs (and one GPU with ``use_gpu``); ``runtime.driver.run_steps`` sets its torch
-    threads to them."""
+    reserves ``cpus_per_worker`` CPUs (None: :func:`resolve_cpus_per_worker`'s default) and one GPU with
+    ``use_gpu``; ``runtime.driver.run_steps`` sets its torch threads to them."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -147,7 +147,7 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={
-            "CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            "CPU": resolve_cpus_per_worker(cpus_per_worker, num_workers, use_gpu), **({"GPU": 1} if use_gpu else {})}),
         datasets={**{f"shard_{i}": s for i, s in enumerate(shards)}, **(extra_datasets or {})},
         # Ray Train resolves ingest options in its controller process, whose DataContext does not carry the
         # driver's preserve_order: without this the shards' rows arrive in block-completion order, and two
