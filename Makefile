@@ -1,6 +1,9 @@
 # Two commands: `make run` (set up, then run the main job on its embedded default) and
 # `make test` (set up, then run the test suite). Everything lives in .venv.
 PY := .venv/bin/python
+# Two pytest-xdist workers, one test file each at a time (a file's module-scoped Ray stays on one worker);
+# `make test XDIST=` runs in one process.
+XDIST ?= -n 2 --dist loadfile
 
 .PHONY: setup setup-dev run test lint bench
 setup:
@@ -10,7 +13,7 @@ setup-dev:
 run: setup
 	$(PY) jobs/flow_dpo.py $(ARGS)
 test: setup-dev
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q $(XDIST) $(ARGS)
 lint: setup-dev
 	.venv/bin/ruff check .
 bench: setup
