@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,10 +85,10 @@ def key_rows_dataset(items: list[dict]):
     return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256)))).materialize()
 
 
-def collect_rows(dataset, total: int, desc: str, unit: str) -> list[dict]:
+def collect_rows(dataset, total: int | None, desc: str, unit: str) -> list[dict]:
     """The rows of a Ray Dataset of small result rows, streamed (its operators run while rows arrive) with a
     progress bar or, without a terminal, a log line every ``VIDEOALIGN_PROGRESS_EVERY_S`` seconds:
-    done/total and rate for the stage ``desc``."""
+    done/total (total None: not known ahead) and rate for the stage ``desc``."""
     from videoalign_ray.runtime.progress import progress
 
     rows = []
@@ -111,6 +112,24 @@ def use_gpu_default(configured: bool | None) -> bool:
     return configured if configured is not None else ray.cluster_resources().get("GPU", 0) > 0
 
 
+def _settled_free_cpus(settle_s: float = 3.0, timeout_s: float = 10.0) -> float:
+    """The cluster's free CPUs once the job's own data stage has let go of them: Ray Data stops its encoder
+    actors asynchronously after the last row, so right after the data stage one CPU can still look taken (seen
+    on a loaded CI machine: one worker on 2 free CPUs got 1). Returns at once when every CPU is free, else when
+    the count has not risen for ``settle_s`` seconds, at most after ``timeout_s`` (a cluster busy with others)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    free = ray.available_resources().get("CPU", 0)
+    deadline, changed = time.monotonic() + timeout_s, time.monotonic()
+    while free < total and time.monotonic() - changed < settle_s and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = ray.available_resources().get("CPU", 0)
+        if now > free:
+            free, changed = now, time.monotonic()
+    return free
+
+
 def resolve_cpus_per_worker(configured: int | None, num_workers: int, use_gpu: bool) -> int:
     """CPUs per Ray Train worker: ``configured``, else 1 on GPU (the GPU computes; the other CPUs stay for Ray
     Data tasks), else the cluster's free CPUs shared out over ``num_workers`` (at least 1), lowered until that
@@ -123,7 +142,7 @@ def resolve_cpus_per_worker(configured: int | None, num_workers: int, use_gpu: b
         return configured
     if use_gpu:
         return 1
-    cpus = max(1, int(ray.available_resources().get("CPU", 0) // num_workers))
+    cpus = max(1, int(_settled_free_cpus() // num_workers))
     # a worker's CPUs come from one node: shrink until the nodes can hold num_workers of them
     nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     while cpus > 1 and sum(int(n // cpus) for n in nodes) < num_workers:
