@@ -116,7 +116,8 @@ class DataSection(JobConfig):
         "auto", description="auto: decord where it is safe, PyAV otherwise; pyav: always PyAV."
     )
     cache_dir: str | None = Field(
-        None, description="Latent / frame cache; default <output_dir>/cache. Shared storage on clusters.")
+        None, description="Latent / frame cache: a path or a URI (s3://bucket/prefix through pyarrow; AWS_* "
+        "variables, AWS_ENDPOINT_URL for MinIO); default <output_dir>/cache. Shared storage on clusters.")
     encoder_actors: int | None = Field(
         None, ge=1, description="VAE encoder actors (Ray Data actor pool); default one per GPU of the cluster, 1 "
         "without GPUs. Decode tasks spread over all nodes either way.")

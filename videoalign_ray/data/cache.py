@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
-from videoalign_ray.runtime.fileio import atomic_path
+from videoalign_ray.runtime.fileio import atomic_path, is_uri
 
 
 def video_key(path: str, num_frames: int, height: int, width: int, vae_id: str) -> str:
@@ -38,22 +38,53 @@ def prompt_key(prompt: str, encoder_id: str, max_tokens: int) -> str:
 
 
 class TensorCache:
-    """A folder of ``<key[:2]>/<key>.safetensors`` files, each holding one tensor named ``value``."""
+    """A folder of ``<key[:2]>/<key>.safetensors`` files, each holding one tensor named ``value``.
+
+    ``root`` is a local path (entries written atomically: temp file + rename) or a URI that pyarrow opens
+    (``s3://bucket/prefix``; credentials, region and endpoint from the usual ``AWS_*`` variables, e.g.
+    ``AWS_ENDPOINT_URL`` for MinIO), where an object becomes visible only once its upload completes, so a
+    crash leaves no partial entry either.
+    """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = str(root).rstrip("/") if is_uri(root) else Path(root)
+        self._fs = None
+        if is_uri(root):
+            from pyarrow import fs
 
-    def path(self, key: str) -> Path:
+            self._fs, self._base = fs.FileSystem.from_uri(self.root)
+
+    def path(self, key: str) -> Path | str:
+        """Where the entry of ``key`` lives: a local path, or the object path inside the URI's filesystem."""
+        if self._fs is not None:
+            return f"{self._base}/{key[:2]}/{key}.safetensors"
         return self.root / key[:2] / f"{key}.safetensors"
 
     def has(self, key: str) -> bool:
+        if self._fs is not None:
+            from pyarrow import fs
+
+            return self._fs.get_file_info(self.path(key)).type == fs.FileType.File
         return self.path(key).is_file()
 
     def get(self, key: str) -> torch.Tensor | None:
+        """The tensor of ``key``, or None when the cache has no entry for it."""
+        if self._fs is not None:
+            try:
+                with self._fs.open_input_stream(self.path(key)) as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return None
+            return load(data)["value"]
         p = self.path(key)
         return load_file(p)["value"] if p.is_file() else None
 
     def put(self, key: str, value: torch.Tensor) -> None:
+        if self._fs is not None:
+            data = save({"value": value.contiguous()})
+            with self._fs.open_output_stream(self.path(key)) as f:  # visible once the upload completes
+                f.write(data)
+            return
         with atomic_path(self.path(key)) as tmp:
             save_file({"value": value.contiguous()}, str(tmp))
 

@@ -25,7 +25,7 @@ from videoalign_ray.config import (
     parse_weights,
 )
 from videoalign_ray.data.io import LoadResult, check_reject_budget, load_pairs, write_rejects
-from videoalign_ray.runtime.fileio import atomic_dir
+from videoalign_ray.runtime.fileio import atomic_dir, resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
 
     preset = PRESETS[cfg.preset]
     return EncodeSpec(
-        model_dir=str(model_dir), cache_dir=str(Path(cfg.cache_dir or out / "cache").resolve()),
+        model_dir=str(model_dir), cache_dir=resolve_cache_dir(cfg.cache_dir, out),
         num_frames=cfg.num_frames or preset.num_frames, height=cfg.height or preset.height,
         width=cfg.width or preset.width, max_text_tokens=preset.max_text_tokens,
         vae_id=component_id(model_dir, "vae"),

@@ -15,6 +15,7 @@ from pydantic import Field
 from videoalign_ray.config import DataSection, RuntimeSection, TrainSection
 from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
 from videoalign_ray.errors import DataError, ModelPathError
+from videoalign_ray.runtime.fileio import resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
 
 TINY_PIXELS = 56 * 56
@@ -98,7 +99,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     use_gpu = use_gpu_default(cfg.use_gpu)
     spec = FrameSpec(fps=cfg.fps or (8.0 if tiny else 2.0), min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
                      max_pixels=cfg.max_pixels or (TINY_PIXELS if tiny else 448 * 448))
-    cache_dir = str(Path(cfg.cache_dir or out / "cache").resolve())
+    cache_dir = resolve_cache_dir(cfg.cache_dir, out)
     train_rows, val_rows = decode_pairs(loaded.pairs, spec, cache_dir), decode_pairs(loaded_val.pairs, spec, cache_dir)
     train_rejects, val_rejects = train_rows.rejects, val_rows.rejects
     tracker.log_metrics({f"data/{k}": v for k, v in train_rows.stats.items()}, step=0)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a partial file (temp file in the same folder + rename)."""
+"""Atomic file writes (a reader never sees a partial file: temp file in the same folder + rename), and storage
+locations given as a local path or a URI."""
 
 from __future__ import annotations
 
@@ -56,3 +57,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    """True for a filesystem URI such as ``s3://bucket/prefix`` or ``gs://...`` (``file://`` counts as local)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def resolve_cache_dir(cache_dir: str | None, out: Path) -> str:
+    """The cache root a job uses: ``cache_dir`` as given when it is a URI (``s3://bucket/cache``), else that
+    local path made absolute; ``<out>/cache`` when it is None."""
+    if cache_dir and is_uri(cache_dir):
+        return cache_dir.rstrip("/")
+    return str(Path(cache_dir or out / "cache").resolve())
