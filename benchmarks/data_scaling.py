@@ -4,8 +4,8 @@
 
 For each pipeline and N, a fresh process (own local Ray, own cache) builds an N-row VideoAlign table over the
 real FETV videos in ../shared/data/fetv (24 GIFs reused across rows; every row gets its own prompt so prompt
-encoding grows with N), runs the job's data plane (``load_pairs`` -> ``encode_pairs`` for Flow-DPO on the
-tiny-world generator; ``load_pairs`` -> ``decode_pairs`` at the real reward spec, 2 fps and a 448x448 pixel
+encoding grows with N), runs the job's data plane (``load_pairs_ray`` -> ``encode_pairs`` for Flow-DPO on the
+tiny-world generator; ``load_pairs_ray`` -> ``decode_pairs`` at the real reward spec, 2 fps and a 448x448 pixel
 budget, for VideoReward), splits the key rows for ``--num-workers`` ranks, and has one Ray task per rank read
 its whole shard with the training driver's reader. Measured: wall time per pair (preparation + reading), the
 driver's peak RSS, the peak object-store use (sampled every 0.2 s through Ray's memory-info RPC), and the
@@ -102,7 +102,7 @@ def measure(pipeline: str, n: int, workers: int) -> dict:
     """One pipeline at one size, in this (fresh) process."""
     import ray
 
-    from videoalign_ray.data.io import load_pairs
+    from videoalign_ray.data.ingest import load_pairs_ray as load_pairs  # the jobs: Ray Data reads, checks
     from videoalign_ray.runtime.launch import init_ray, split_for_workers
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -117,7 +117,7 @@ def measure(pipeline: str, n: int, workers: int) -> dict:
                 from videoalign_ray.flow.model import component_id, resolve_model_dir
                 from videoalign_ray.flow.pipeline import EncodeSpec, encode_pairs
 
-                loaded = load_pairs(table)
+                loaded = load_pairs(table, local_max_bytes=0)  # Ray Data even for small tables
                 model_dir = resolve_model_dir("tiny-world", None, out, 0)
                 spec = EncodeSpec(model_dir=str(model_dir), cache_dir=str(out / "cache"), num_frames=8, height=32,
                                   width=32, max_text_tokens=16, vae_id=component_id(model_dir, "vae"),
@@ -126,7 +126,7 @@ def measure(pipeline: str, n: int, workers: int) -> dict:
             else:
                 from videoalign_ray.reward.pipeline import FrameSpec, decode_pairs
 
-                loaded = load_pairs(table, keep_ties=True)
+                loaded = load_pairs(table, keep_ties=True, local_max_bytes=0)
                 encoded = decode_pairs(loaded.pairs, FrameSpec(), str(out / "cache"))
             keys, _, _ = split_for_workers(encoded.rows, workers, 2)
             t_prep = time.perf_counter() - t0

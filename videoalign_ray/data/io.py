@@ -138,21 +138,104 @@ def load_pairs(path: str | Path, dimension: str = "overall", keep_ties: bool = F
     )
 
 
-def _check_common(row_no: int, rec: dict, base: Path, path_cols: tuple[str, str]):
-    """Validate prompt and the two paths; return (prompt, paths, rejects)."""
-    rejects = []
+def _check_common(rec: dict, base: Path, path_cols: tuple[str, str]):
+    """Validate prompt and the two paths; return (prompt, paths, problems as (column, value, reason))."""
+    problems = []
     prompt = str(rec.get("prompt", "") or "").strip()
     if not prompt or prompt.lower() == "nan":
-        rejects.append(Reject(row_no, "prompt", repr(rec.get("prompt")), "empty prompt"))
+        problems.append(("prompt", repr(rec.get("prompt")), "empty prompt"))
     paths = []
     for col in path_cols:
         p = _resolve(base, rec.get(col))
         if p is None:
-            rejects.append(Reject(row_no, col, repr(rec.get(col)), "missing video path"))
+            problems.append((col, repr(rec.get(col)), "missing video path"))
         elif not p.is_file():
-            rejects.append(Reject(row_no, col, str(rec.get(col)), f"video file not found: {p}"))
+            problems.append((col, str(rec.get(col)), f"video file not found: {p}"))
         paths.append(p)
-    return prompt, paths, rejects
+    return prompt, paths, problems
+
+
+def check_videoalign_record(rec: dict, base: Path, dimension: str, keep_ties: bool,
+                            overall_col: str | None) -> tuple[str, object]:
+    """Validate one VideoAlign row (a dict of its columns; video paths relative to ``base``).
+
+    Returns:
+        ``("reject", [(column, value, reason), ...])``, ``("tie", None)`` (not kept), or ``("pair", fields)``
+        with the :class:`PreferencePair` fields except ``row``, plus ``tie`` (a tie kept as an RWR / reward row).
+    """
+    prompt, (pa, pb), problems = _check_common(rec, base, ("path_A", "path_B"))
+    labels: dict[str, int | None] = {}
+    overall = None
+    for d in (*DIMENSIONS, overall_col) if overall_col else DIMENSIONS:
+        try:
+            value = parse_label(rec.get(d))
+        except LabelError as exc:
+            problems.append((d, str(rec.get(d)), str(exc)))
+            continue
+        if d == overall_col:
+            overall = value
+        else:
+            labels[d] = value
+    if problems:
+        return "reject", problems
+    decisive = overall_label(labels) if dimension == "overall" else labels[dimension]
+    if decisive is None and keep_ties and any(v is not None for v in labels.values()):
+        decisive = 0  # the chosen dimension is unlabelled but others are: still a training row
+    if decisive is None:
+        return "reject", [(dimension, "", f"no label for dimension {dimension}")]
+    if decisive == 0 and not keep_ties:
+        return "tie", None
+    a, b = str(pa), str(pb)
+    chosen, rejected = (a, b) if decisive > 0 or keep_ties else (b, a)
+    mos = {}
+    for side in ("A", "B"):
+        for d in DIMENSIONS:
+            v = pd.to_numeric(rec.get(f"MOS_{side}_{d}"), errors="coerce")
+            if v is not None and pd.notna(v):
+                mos[f"{side}_{d}"] = float(v)
+    return "pair", {"pair_id": _pair_id(prompt, a, b), "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                    "labels": labels, "mos": mos, "overall": overall, "tie": decisive == 0}
+
+
+def check_chosen_rejected_record(rec: dict, base: Path, dimension: str, has_dim: bool) -> tuple[str, object]:
+    """Validate one chosen/rejected row; returns ``("reject", problems)``, ``("other", None)`` (a row for
+    another dimension) or ``("pair", fields)`` as :func:`check_videoalign_record`."""
+    prompt, (pc, pr), problems = _check_common(rec, base, ("chosen", "rejected"))
+    row_dims: tuple[str, ...] = DIMENSIONS
+    if has_dim:
+        raw = str(rec.get("dimension") or "").strip()
+        mapped = FETV_DIMENSIONS.get(raw.upper())
+        if mapped is None:
+            problems.append(("dimension", raw, "unknown dimension (VQ/MQ/TA or SQ/TQ/Alignment)"))
+        else:
+            row_dims = (mapped,)
+    if problems:
+        return "reject", problems
+    if dimension != "overall" and dimension not in row_dims:
+        return "other", None
+    c, r = str(pc), str(pr)
+    if c == r:
+        return "reject", [("rejected", str(rec.get("rejected")), "chosen and rejected are the same file")]
+    # labels from the chosen video's point of view (A = chosen): +1 on the dimensions the row speaks for.
+    labels = {d: (1 if d in row_dims else None) for d in DIMENSIONS}
+    return "pair", {"pair_id": _pair_id(prompt, c, r), "prompt": prompt, "chosen": c, "rejected": r,
+                    "labels": labels, "mos": {}, "overall": None, "tie": False}
+
+
+def add_outcome(res: LoadResult, row: int, kind: str, data: object) -> None:
+    """Account one checked row (1-based ``row``) in ``res``: a pair, a tie, a row of another dimension or its
+    rejects."""
+    if kind == "reject":
+        res.rejects.extend(Reject(row, col, value, reason) for col, value, reason in data)
+    elif kind == "tie":
+        res.ties += 1
+    elif kind == "other":
+        res.other_dimension += 1
+    else:
+        fields = dict(data)
+        if fields.pop("tie"):
+            res.ties += 1
+        res.pairs.append(PreferencePair(row=row, **fields))
 
 
 def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bool = False) -> LoadResult:
@@ -160,44 +243,7 @@ def _load_videoalign(df: pd.DataFrame, path: Path, dimension: str, keep_ties: bo
     res = LoadResult(source=str(path), total_rows=len(df))
     overall_col = next((c for c in df.columns if str(c).lower() == "overall"), None)
     for i, rec in enumerate(df.to_dict("records"), start=1):
-        prompt, (pa, pb), rejects = _check_common(i, rec, base, ("path_A", "path_B"))
-        labels: dict[str, int | None] = {}
-        overall = None
-        for d in (*DIMENSIONS, overall_col) if overall_col else DIMENSIONS:
-            try:
-                value = parse_label(rec.get(d))
-            except LabelError as exc:
-                rejects.append(Reject(i, d, str(rec.get(d)), str(exc)))
-                continue
-            if d == overall_col:
-                overall = value
-            else:
-                labels[d] = value
-        if rejects:
-            res.rejects.extend(rejects)
-            continue
-        decisive = overall_label(labels) if dimension == "overall" else labels[dimension]
-        if decisive is None and keep_ties and any(v is not None for v in labels.values()):
-            decisive = 0  # the chosen dimension is unlabelled but others are: still a training row
-        if decisive is None:
-            res.rejects.append(Reject(i, dimension, "", f"no label for dimension {dimension}"))
-            continue
-        if decisive == 0:
-            res.ties += 1
-            if not keep_ties:
-                continue
-        a, b = str(pa), str(pb)
-        chosen, rejected = (a, b) if decisive > 0 or keep_ties else (b, a)
-        mos = {}
-        for side in ("A", "B"):
-            for d in DIMENSIONS:
-                v = pd.to_numeric(rec.get(f"MOS_{side}_{d}"), errors="coerce")
-                if v is not None and pd.notna(v):
-                    mos[f"{side}_{d}"] = float(v)
-        res.pairs.append(
-            PreferencePair(_pair_id(prompt, a, b), i, prompt, chosen, rejected, labels=labels, mos=mos,
-                           overall=overall)
-        )
+        add_outcome(res, i, *check_videoalign_record(rec, base, dimension, keep_ties, overall_col))
     return res
 
 
@@ -206,28 +252,7 @@ def _load_chosen_rejected(df: pd.DataFrame, path: Path, dimension: str) -> LoadR
     res = LoadResult(source=str(path), total_rows=len(df))
     has_dim = "dimension" in df.columns
     for i, rec in enumerate(df.to_dict("records"), start=1):
-        prompt, (pc, pr), rejects = _check_common(i, rec, base, ("chosen", "rejected"))
-        row_dims: tuple[str, ...] = DIMENSIONS
-        if has_dim:
-            raw = str(rec.get("dimension") or "").strip()
-            mapped = FETV_DIMENSIONS.get(raw.upper())
-            if mapped is None:
-                rejects.append(Reject(i, "dimension", raw, "unknown dimension (VQ/MQ/TA or SQ/TQ/Alignment)"))
-            else:
-                row_dims = (mapped,)
-        if rejects:
-            res.rejects.extend(rejects)
-            continue
-        if dimension != "overall" and dimension not in row_dims:
-            res.other_dimension += 1
-            continue
-        c, r = str(pc), str(pr)
-        if c == r:
-            res.rejects.append(Reject(i, "rejected", str(rec.get("rejected")), "chosen and rejected are the same file"))
-            continue
-        # labels from the chosen video's point of view (A = chosen): +1 on the dimensions the row speaks for.
-        labels = {d: (1 if d in row_dims else None) for d in DIMENSIONS}
-        res.pairs.append(PreferencePair(_pair_id(prompt, c, r), i, prompt, c, r, labels=labels))
+        add_outcome(res, i, *check_chosen_rejected_record(rec, base, dimension, has_dim))
     return res
 
 

@@ -51,7 +51,8 @@ def _run(cfg: EvalRewardConfig, job) -> dict:
     import numpy as np
     import pandas as pd
 
-    from videoalign_ray.data.io import load_pairs, write_rejects
+    from videoalign_ray.data.ingest import load_pairs_ray
+    from videoalign_ray.data.io import write_rejects
     from videoalign_ray.data.schema import Reject
     from videoalign_ray.reward.pipeline import labels_of
     from videoalign_ray.reward.scoring import score_rows
@@ -61,7 +62,7 @@ def _run(cfg: EvalRewardConfig, job) -> dict:
     out = job.out
     data = cfg.data or str(make_preference_dataset(out / "data", num_pairs=128, scenes=split_scenes(seed=cfg.seed)[1],
                                                    seed=cfg.seed + 1, name="val"))
-    loaded = load_pairs(data, keep_ties=True)
+    loaded = load_pairs_ray(data, keep_ties=True)
     videos = sorted({(p.chosen, p.prompt) for p in loaded.pairs} | {(p.rejected, p.prompt) for p in loaded.pairs})
     scored = score_rows([{"path": v, "prompt": c} for v, c in videos], cfg.checkpoint, actors=cfg.actors,
                         batch_size=cfg.batch_size)

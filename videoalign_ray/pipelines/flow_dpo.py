@@ -24,7 +24,8 @@ from videoalign_ray.config import (
     Weights,
     parse_weights,
 )
-from videoalign_ray.data.io import LoadResult, check_reject_budget, load_pairs, write_rejects
+from videoalign_ray.data.ingest import load_pairs_ray
+from videoalign_ray.data.io import LoadResult, check_reject_budget, write_rejects
 from videoalign_ray.runtime.fileio import atomic_dir, resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
 
@@ -90,7 +91,7 @@ def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
 
     data = Path(cfg.data) if cfg.data else make_preference_dataset(out / "builtin_data", seed=cfg.seed)
     # RWR trains on every video (A and B of each row, each with its own reward), whatever the labels say.
-    return load_pairs(data, cfg.dimension, keep_ties=cfg.objective == "rwr")
+    return load_pairs_ray(data, cfg.dimension, keep_ties=cfg.objective == "rwr")
 
 
 def _rwr_extras(cfg: FlowDPOConfig, loaded: LoadResult) -> dict:

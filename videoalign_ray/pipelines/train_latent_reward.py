@@ -60,7 +60,8 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
     import numpy as np
     import torch
 
-    from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
+    from videoalign_ray.data.ingest import load_pairs_ray
+    from videoalign_ray.data.io import check_reject_budget, write_rejects
     from videoalign_ray.flow.model import resolve_model_dir
     from videoalign_ray.reward.latent import LatentRewardModel, from_generator, save_latent_reward
     from videoalign_ray.reward.latent_train_loop import (
@@ -83,7 +84,7 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
     data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
                                       val_pairs=cfg.val_pairs, seed=cfg.seed)
-    loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
+    loaded, loaded_val = load_pairs_ray(data, keep_ties=True), load_pairs_ray(val_data, keep_ties=True)
     enc, enc_val = _encode(loaded.pairs, cfg, model_dir, out, use_gpu), _encode(loaded_val.pairs, cfg, model_dir,
                                                                                  out, use_gpu)
     rejects = loaded.rejects + enc.rejects

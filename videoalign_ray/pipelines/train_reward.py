@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field
 
 from videoalign_ray.config import DataSection, RuntimeSection, TrainSection
-from videoalign_ray.data.io import check_reject_budget, load_pairs, write_rejects
+from videoalign_ray.data.ingest import load_pairs_ray
+from videoalign_ray.data.io import check_reject_budget, write_rejects
 from videoalign_ray.errors import DataError, ModelPathError
 from videoalign_ray.runtime.fileio import resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
@@ -86,7 +87,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     tiny = cfg.preset == "tiny"
     data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
                                       val_pairs=cfg.val_pairs, seed=cfg.seed)
-    loaded, loaded_val = load_pairs(data, keep_ties=True), load_pairs(val_data, keep_ties=True)
+    loaded, loaded_val = load_pairs_ray(data, keep_ties=True), load_pairs_ray(val_data, keep_ties=True)
     tok_dir = out / "tokenizer"
     if tiny and not (tok_dir / "tokenizer.json").is_file():
         from videoalign_ray.synthetic.world import all_scenes
