@@ -100,6 +100,23 @@ def test_only_new_token_rows_are_trained(tok, model):
     assert all(t in tok.get_vocab() for t in REWARD_TOKENS)
 
 
+def test_lora_recipe_trains_the_new_token_rows_and_the_adapters_only(tok, model):
+    """With LoRA on the LM (the real preset's default), peft's injection must not freeze the embedding rows of
+    the reward tokens again (it did: they stayed random in real runs)."""
+    from videoalign_ray.reward.model import apply_lora_recipe
+
+    proc = VideoRewardProcessor(tok)
+    apply_lora_recipe(model, proc.reward_token_ids, lora_rank=4, lora_alpha=8.0)
+    model(**proc([np.zeros((4, 56, 56, 3), np.uint8)], ["a red circle"])).sum().backward()
+    grad = model.backbone.get_input_embeddings().weight.grad
+    rows = grad.abs().sum(dim=1).nonzero().flatten().tolist()
+    assert rows and set(rows) <= set(proc.reward_token_ids)
+    lm = model.backbone.model.language_model
+    assert lm.layers[0].mlp.up_proj.lora_A["default"].weight.grad is not None
+    assert lm.layers[0].mlp.up_proj.base_layer.weight.grad is None
+    assert model.backbone.model.visual.patch_embed.proj.weight.grad is not None and model.rm_head.weight.grad is not None
+
+
 def test_special_token_strings_in_a_caption_stay_text(tok):
     """A caption holding control-token strings gets none of their ids (the template's own stay as they were);
     a plain caption tokenizes exactly as inside the full template; a lone surrogate is a ValueError."""

@@ -108,10 +108,26 @@ class VideoRewardModel(nn.Module):
         return normalized.sum(dim=-1)
 
 
+def apply_lora_recipe(model: VideoRewardModel, new_token_ids: list[int], lora_rank: int, lora_alpha: float) -> None:
+    """The paper's recipe with LoRA: :func:`freeze_for_training`, then LoRA (rank ``lora_rank``) on every
+    linear layer of the LM (q/k/v/o, gate/up/down). peft marks everything in the LM but its adapters frozen,
+    the input embedding included, so its new token rows are made trainable again afterwards (they stayed
+    random before this was fixed)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    freeze_for_training(model, new_token_ids)
+    inject_adapter_in_model(
+        LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        model.backbone.model.language_model,
+    )
+    model.backbone.get_input_embeddings().weight.requires_grad_(True)  # the row mask of freeze_for_training stays
+
+
 def freeze_for_training(model: VideoRewardModel, new_token_ids: list[int]) -> None:
     """Paper recipe: vision tower + merger trainable, only the new token rows of the input embedding trained
-    (a gradient mask), rest of the embedding frozen; the LM itself is trained through LoRA (added by the
-    caller) or frozen; the reward head is trained."""
+    (a gradient mask), rest of the embedding frozen; the LM itself is trained through LoRA
+    (:func:`apply_lora_recipe`) or frozen; the reward head is trained."""
     bb = model.backbone
     bb.requires_grad_(False)
     bb.model.visual.requires_grad_(True)
@@ -123,4 +139,4 @@ def freeze_for_training(model: VideoRewardModel, new_token_ids: list[int]) -> No
     model.rm_head.requires_grad_(True)
 
 
-__all__ = ["REWARD_TOKENS", "VideoRewardModel", "freeze_for_training", "tiny_qwen2vl_config"]
+__all__ = ["REWARD_TOKENS", "VideoRewardModel", "apply_lora_recipe", "freeze_for_training", "tiny_qwen2vl_config"]

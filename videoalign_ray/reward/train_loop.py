@@ -37,7 +37,7 @@ def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: i
     vision tower and merger trained, only the new token rows of the embedding trained)."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    from videoalign_ray.reward.model import VideoRewardModel, freeze_for_training, tiny_qwen2vl_config
+    from videoalign_ray.reward.model import VideoRewardModel, apply_lora_recipe, tiny_qwen2vl_config
     from videoalign_ray.reward.processor import VideoRewardProcessor, load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
@@ -50,14 +50,7 @@ def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: i
         backbone = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tok))
     model = VideoRewardModel(backbone, proc.reward_token_ids, output_dim=output_dim, reward_token=reward_token)
     if lm_training == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        freeze_for_training(model, proc.reward_token_ids)
-        inject_adapter_in_model(
-            LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-            model.backbone.model.language_model,
-        )
+        apply_lora_recipe(model, proc.reward_token_ids, lora_rank, lora_alpha)
     return model, proc
 
 
