@@ -1,9 +1,10 @@
 # Two commands: `make run` (set up, then run the main job on its embedded default) and
 # `make test` (set up, then run the test suite). Everything lives in .venv.
 PY := .venv/bin/python
-# Two pytest-xdist workers, one test file each at a time (a file's module-scoped Ray stays on one worker);
+# Two pytest-xdist workers, one test file each at a time (a file's module-scoped Ray stays on one worker), in
+# the order of tests/conftest.py (longest files first; xdist would otherwise start the files with most tests);
 # `make test XDIST=` runs in one process.
-XDIST ?= -n 2 --dist loadfile
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup setup-dev run test lint bench
 setup:
