@@ -21,14 +21,6 @@ import time
 SMALL_CLIPS = [(9, 240, 416), (17, 240, 416), (17, 480, 832), (33, 480, 832)]  # 1,170 .. 14,040 tokens per video
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares ``y = a + b x``; returns (a, b)."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-    return my - b * mx, b
-
-
 def cuda_step(config: dict, frames: int, height: int, width: int, micro_batch: int, checkpointing: bool) -> float:
     """Peak GiB allocated by one real Flow-DPO micro-step on the GPU, weights included (random bf16)."""
     import torch
@@ -58,7 +50,7 @@ def cuda_step(config: dict, frames: int, height: int, width: int, micro_batch: i
 
 
 def main() -> None:
-    from videoalign_ray.flow.memory import WAN21_T2V_1_3B, step_memory, tokens_per_video
+    from videoalign_ray.flow.memory import WAN21_T2V_1_3B, fit_line, step_memory, tokens_per_video
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=81)

@@ -67,6 +67,14 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``; returns (a, b) (the memory models' fits of bytes against tokens)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
 def latent_size(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     """Wan2.1 VAE latent (frames, h, w) of a clip of ``num_frames`` x ``height`` x ``width`` pixels."""
     return (num_frames - 1) // VAE_TEMPORAL + 1, height // VAE_SPATIAL, width // VAE_SPATIAL

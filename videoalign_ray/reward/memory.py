@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videoalign_ray.flow.memory import GIB, LiveTensorBytes, StepMemory
+from videoalign_ray.flow.memory import GIB, LiveTensorBytes, StepMemory, fit_line
 
 # Qwen2-VL-2B-Instruct's published config (the LM of Qwen2-1.5B, the 675M ViT).
 QWEN2_VL_2B_TEXT = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -137,13 +137,6 @@ class LayerFit:
                 + layers * (self.per_layer[0] + self.per_layer[1] * tokens))
 
 
-def _line(x: list[float], y: list[float]) -> tuple[float, float]:
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    b = sum((xi - mx) * (yi - my) for xi, yi in zip(x, y, strict=True)) / sum((xi - mx) ** 2 for xi in x)
-    return my - b * mx, b
-
-
 def fit_layers(grids: list[tuple[int, int, int]], *, text_tokens: int = 64, pairs: int = 1, lora_rank: int = 64,
                gradient_checkpointing: bool = True) -> tuple[LayerFit, list[dict]]:
     """Measure (1 block, 1 layer), (2, 1) and (1, 2) at each grid and fit :class:`LayerFit`; also returns the
@@ -158,7 +151,7 @@ def fit_layers(grids: list[tuple[int, int, int]], *, text_tokens: int = 64, pair
         block.append((patches, p21 - p11))
         layer.append((tokens, p12 - p11))
         base.append((tokens, p11 - (p21 - p11) - (p12 - p11)))
-    fit = LayerFit(*(_line([x for x, _ in s], [y for _, y in s]) for s in (base, block, layer)))
+    fit = LayerFit(*(fit_line([x for x, _ in s], [y for _, y in s]) for s in (base, block, layer)))
     return fit, points
 
 
