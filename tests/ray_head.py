@@ -33,12 +33,15 @@ def ray_head(num_cpus: int, **env_extra: str) -> Iterator[dict]:
     ray_tmp = tempfile.mkdtemp(prefix="vr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1", **env_extra)
-    gcs, dash = free_port(), free_port()
+    gcs, dash, agent = free_port(), free_port(), free_port()
     # Its own process group: `ray stop` kills every Ray on the machine (the tests of another pytest-xdist
     # worker included), so the teardown signals this group only (head, dashboard, raylet and its workers).
     starter = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus),
+         # the job agent's HTTP port is fixed (52365) by default: a second Ray on the machine (the other
+         # pytest-xdist worker's) that holds it leaves this head without a job agent ("No available agent")
+         "--dashboard-agent-listen-port", str(agent),
          "--disable-usage-stats"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = starter.communicate(timeout=120)

@@ -66,7 +66,7 @@ def submitted(cluster, tmp_path_factory):
     deadline = time.monotonic() + 120
     while True:
         proc = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900, cwd=ROOT)
-        # a loaded machine: the head's dashboard answers before its job agent has registered (nothing submitted)
+        # the dashboard can answer before the job agent (started with the raylet) registers: nothing was submitted
         if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             break
         time.sleep(3)
