@@ -15,13 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from videoalign_ray.data.io import (
-    TABLE_SUFFIXES,
     LoadResult,
-    _folder_tables,
     add_outcome,
     check_chosen_rejected_record,
     check_videoalign_record,
     load_pairs,
+    table_files,
 )
 from videoalign_ray.errors import DataError
 
@@ -104,16 +103,7 @@ def load_pairs_ray(path: str | Path, dimension: str = "overall", keep_ties: bool
             match neither format.
     """
     path = Path(path)
-    if path.is_dir():
-        tables = _folder_tables(path)
-        if not tables:
-            raise DataError(f"{path}: folder holds no table ({', '.join(TABLE_SUFFIXES)})")
-    elif path.is_file():
-        if path.suffix.lower() not in TABLE_SUFFIXES:
-            raise DataError(f"unsupported table format {path.suffix!r} for {path} (use .csv, .parquet or .jsonl)")
-        tables = [(path, {})]
-    else:
-        raise DataError(f"preference table not found: {path}")
+    tables = table_files(path)
     if sum(f.stat().st_size for f, _ in tables) < local_max_bytes:
         return load_pairs(path, dimension, keep_ties)
     base = str(path if path.is_dir() else path.parent)

@@ -67,6 +67,26 @@ def _folder_tables(path: Path) -> list[tuple[Path, dict]]:
             and not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)]
 
 
+def table_files(path: str | Path) -> list[tuple[Path, dict]]:
+    """The table files a preference-table path names, with the constant columns each adds: the file itself,
+    or a folder's tables in name order (a pair store: its committed rounds, with ``round``).
+
+    Raises:
+        DataError: missing path, a folder without tables, or a file of an unknown extension.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = _folder_tables(path)
+        if not files:
+            raise DataError(f"{path}: folder holds no table ({', '.join(TABLE_SUFFIXES)})")
+        return files
+    if not path.is_file():
+        raise DataError(f"preference table not found: {path}")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"unsupported table format {path.suffix!r} for {path} (use .csv, .parquet or .jsonl)")
+    return [(path, {})]
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSONL (``.jsonl`` / ``.json`` lines) table as strings-preserving DataFrame.
 
@@ -74,27 +94,21 @@ def read_table(path: str | Path) -> pd.DataFrame:
     rounds, with a ``round`` column).
 
     Raises:
-        DataError: missing file, unknown extension, a folder without tables or a parse error (file named).
+        DataError: see :func:`table_files`, or a parse error (file named).
     """
-    path = Path(path)
-    if path.is_dir():
-        files = _folder_tables(path)
-        if not files:
-            raise DataError(f"{path}: folder holds no table ({', '.join(TABLE_SUFFIXES)})")
-        return pd.concat([read_table(f).assign(**cols) for f, cols in files], ignore_index=True)
-    if not path.is_file():
-        raise DataError(f"preference table not found: {path}")
+    return pd.concat([_read_file(f).assign(**cols) for f, cols in table_files(path)], ignore_index=True)
+
+
+def _read_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
+        return pd.read_json(path, lines=True, dtype=False)  # .jsonl / .json / .ndjson (table_files checked)
     except Exception as exc:  # noqa: BLE001 - any parser error is reported with the file name
         raise DataError(f"cannot parse {path}: {exc}") from exc
-    raise DataError(f"unsupported table format {suffix!r} for {path} (use .csv, .parquet or .jsonl)")
 
 
 def _resolve(base: Path, value: object) -> Path | None:
