@@ -87,5 +87,28 @@ def test_training_rows_follow_the_table_order(tmp_path):
                       num_frames=preset.num_frames, height=preset.height, width=preset.width,
                       max_text_tokens=preset.max_text_tokens, vae_id=component_id(TINY_WORLD_ASSET, "vae"),
                       text_encoder_id="all-MiniLM-L6-v2")
-    rows = encode_pairs(pairs, spec, {p.pair_id: {"row": p.row} for p in pairs}).dataset.take_all()
+    encoded = encode_pairs(pairs, spec, {p.pair_id: {"row": p.row} for p in pairs})
+    rows = encoded.dataset.take_all()
     assert [int(r["row"]) for r in rows] == list(range(1, 11))
+
+    # One actor pool encoded videos and prompts: its cache entries equal the encoders called directly.
+    import numpy as np
+    import torch
+
+    from videoalign_ray.data.cache import TensorCache
+    from videoalign_ray.data.video import expand_frames, load_video
+    from videoalign_ray.flow.model import TextEncoder, encode_frames, load_vae
+
+    keys = encoded.rows.take_all()
+    cache, first = TensorCache(spec.cache_dir), pairs[0]
+    video = load_video(first.chosen, num_frames=preset.num_frames)
+    assert video.distinct.shape[1:3] == (preset.height, preset.width)  # the world renders at the preset's size
+    with torch.no_grad():
+        latents = encode_frames(load_vae(str(TINY_WORLD_ASSET)), np.ascontiguousarray(expand_frames(video.distinct, video.inverse)))
+        embeds = TextEncoder(str(TINY_WORLD_ASSET), preset.max_text_tokens, "cpu").encode([first.prompt])[0]
+    torch.testing.assert_close(cache.get(str(keys[0]["chosen_key"])), latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.get(str(keys[0]["prompt_embeds_key"])), embeds, atol=1e-5, rtol=1e-5)
+    assert encoded.stats["videos_encoded"] == encoded.stats["videos"] and encoded.stats["prompts"] > 1
+    again = encode_pairs(pairs, spec)  # everything cached: no Ray Data stage, the same keys
+    assert again.stats["videos_cached"] == again.stats["videos"]
+    assert again.rows.take_all() == [{k: v for k, v in r.items() if k != "row"} for r in keys]

@@ -1,14 +1,17 @@
 """Ray Data pipeline: preference pairs -> decoded videos -> VAE latents (cached) -> training rows.
 
-    unique videos --map(decode, tasks)--> frames --map_batches(LatentEncoder, actor pool)--> latent cache
-    unique prompts --map_batches(PromptEncoder, actor pool)--> embedding cache
+    unique videos --map(decode, tasks)--> frames --+
+                                                   +--map_batches(Encoder, actor pool)--> latent and embedding cache
+    unique prompts --map(cache key, tasks)---------+
     good pairs --> small key rows {pair_id, chosen_key, rejected_key, prompt_embeds_key} (materialized)
     key rows (one shard per rank) --the training worker loads each micro-batch from the cache, prefetched--> tensors
 
 Only the key rows live in the object store for the whole job (about 200 bytes a pair); a training worker
 reads the latents of its next micro-batches from the cache (``runtime.driver``), so object-store and driver
 memory do not grow with the number of pairs (benchmarks/data_scaling.py). Decode runs as plain tasks spread over the
-cluster's nodes; the encoder actors (``encoder_actors``, default one per GPU) load their model once. Videos and
+cluster's nodes; the encoder actors (``encoder_actors``, default one per GPU) load the VAE once and the text
+encoder at their first prompt. Videos and prompts go through one dataset and one actor pool: a second pool for
+the prompts cost a second round of actor start-ups (7 s of a 65 s tiny run on 2 CPUs). Videos and
 prompts already in the cache are found on the driver (one stat per video), so a rerun, or an online round
 whose generator wrote its latents, starts no decode task and no encoder actor. A video that fails to decode rejects
 every pair that uses it, with the decoder's reason.
@@ -50,10 +53,17 @@ class EncodeSpec:
 
 
 def _decode_row(row: dict, spec: EncodeSpec) -> dict:
+    """One input row -> one encoder row. A video row (``path``) is decoded to ``frames`` ``(F, H, W, 3)``
+    uint8 (status ``decoded``, or ``error`` with the decoder's reason); a prompt row (``prompt``) gets its cache
+    key (status ``prompt``). Either is ``cached`` when its tensor is in the cache already."""
     cache = TensorCache(spec.cache_dir)
     empty = np.zeros((0, spec.height, spec.width, 3), np.uint8)
-    out = {"path": row["path"], "key": "", "frames": empty, "status": "error", "error": "",
+    out = {"path": row["path"], "prompt": row["prompt"], "key": "", "frames": empty, "status": "error", "error": "",
            "node": current_node_id()}  # which node decoded it (data_stats: decode_nodes)
+    if row["prompt"]:
+        out["key"] = prompt_key(row["prompt"], spec.text_encoder_id, spec.max_text_tokens)
+        out["status"] = "cached" if cache.has(out["key"]) else "prompt"
+        return out
     try:
         key = video_key(row["path"], spec.num_frames, spec.height, spec.width, spec.vae_id)
         out["key"] = key
@@ -70,8 +80,12 @@ def _decode_row(row: dict, spec: EncodeSpec) -> dict:
     return out
 
 
-class LatentEncoder:
-    """Ray Data actor: loads the VAE once, encodes decoded frames and writes latents to the cache."""
+class Encoder:
+    """Ray Data actor: encodes decoded frames to VAE latents and prompts to text embeddings ``(L, D)``, and
+    writes both to the cache. The VAE loads once, in the constructor; the text encoder at the first prompt row
+    (an actor that only sees videos never loads it). Rows with status ``decoded`` become ``encoded`` (or
+    ``error``: a failed VAE call is reported per video and the batch goes on); ``prompt`` rows become
+    ``encoded``; other rows pass through."""
 
     def __init__(self, spec: EncodeSpec):
         import torch
@@ -83,6 +97,7 @@ class LatentEncoder:
         self.cache = TensorCache(spec.cache_dir)
         self.device = "cuda" if spec.use_gpu else "cpu"
         self.vae = load_vae(spec.model_dir).to(self.device)
+        self.text_encoder = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from videoalign_ray.flow.model import encode_frames
@@ -97,29 +112,18 @@ class LatentEncoder:
                 status[i] = "encoded"
             except Exception as exc:  # noqa: BLE001 - reported per video, the batch goes on
                 status[i], errors[i] = "error", f"{batch['path'][i]}: VAE encode failed ({exc})"
-        return {"path": batch["path"], "key": batch["key"], "status": np.array(status), "error": np.array(errors),
-                "node": batch["node"]}
+        prompts = [i for i, st in enumerate(status) if st == "prompt"]
+        if prompts:
+            if self.text_encoder is None:
+                from videoalign_ray.flow.model import TextEncoder
 
-
-class PromptEncoder:
-    """Ray Data actor: loads the text encoder once, writes prompt embeddings ``(L, D)`` to the cache."""
-
-    def __init__(self, spec: EncodeSpec):
-        from videoalign_ray.flow.model import TextEncoder
-
-        self.spec = spec
-        self.cache = TensorCache(spec.cache_dir)
-        self.encoder = TextEncoder(spec.model_dir, spec.max_text_tokens, "cuda" if spec.use_gpu else "cpu")
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        prompts = [str(p) for p in batch["prompt"]]
-        keys = [prompt_key(p, self.spec.text_encoder_id, self.spec.max_text_tokens) for p in prompts]
-        todo = [i for i, k in enumerate(keys) if not self.cache.has(k)]
-        if todo:
-            embeds = self.encoder.encode([prompts[i] for i in todo])
-            for j, i in enumerate(todo):
-                self.cache.put(keys[i], embeds[j])
-        return {"prompt": batch["prompt"], "key": np.array(keys)}
+                self.text_encoder = TextEncoder(self.spec.model_dir, self.spec.max_text_tokens, self.device)
+            embeds = self.text_encoder.encode([str(batch["prompt"][i]) for i in prompts])
+            for j, i in enumerate(prompts):
+                self.cache.put(str(batch["key"][i]), embeds[j])
+                status[i] = "encoded"
+        return {"path": batch["path"], "prompt": batch["prompt"], "key": batch["key"], "status": np.array(status),
+                "error": np.array(errors), "node": batch["node"]}
 
 
 def _cached_videos(videos: list[str], spec: EncodeSpec) -> dict[str, dict]:
@@ -151,15 +155,19 @@ def encode_pairs(
     """
     videos = sorted({p.chosen for p in pairs} | {p.rejected for p in pairs})
     video_rows = _cached_videos(videos, spec)  # a rerun (or the online loop's generated latents) skips Ray Data
-    todo = [v for v in videos if v not in video_rows]
+    prompts = sorted({p.prompt for p in pairs})
+    prompt_keys = {p: prompt_key(p, spec.text_encoder_id, spec.max_text_tokens) for p in prompts}
+    cache = TensorCache(spec.cache_dir)
+    todo = [{"path": v, "prompt": ""} for v in videos if v not in video_rows]
+    todo += [{"path": "", "prompt": p} for p, k in prompt_keys.items() if not cache.has(k)]
     if todo:
-        decoded = (
-            ray.data.from_items([{"path": v} for v in todo], override_num_blocks=min(len(todo), 64))
+        encoded = (
+            ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
             # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
             # operator (tasks spread over the cluster) instead of fusing decode into the actors.
             .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)  # Ray Data SPREADs tasks over nodes
             .map_batches(
-                LatentEncoder,
+                Encoder,
                 fn_constructor_kwargs={"spec": spec},
                 batch_size=4,
                 compute=ray.data.ActorPoolStrategy(size=spec.encoder_actors),
@@ -167,20 +175,9 @@ def encode_pairs(
                 num_gpus=1 if spec.use_gpu else 0,
             )
         )
-        done = collect_rows(decoded, len(todo), "decode+encode videos", "video")
-        video_rows.update({r["path"]: r for r in done})
-    prompts = sorted({p.prompt for p in pairs})
-    prompt_keys = {p: prompt_key(p, spec.text_encoder_id, spec.max_text_tokens) for p in prompts}
-    cache = TensorCache(spec.cache_dir)
-    if not all(cache.has(k) for k in prompt_keys.values()):
-        prompt_rows = (
-            ray.data.from_items([{"prompt": p} for p in prompts])
-            .map_batches(
-                PromptEncoder, fn_constructor_kwargs={"spec": spec}, batch_size=64,
-                compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if spec.use_gpu else 0,
-            )
-        )
-        prompt_keys = {r["prompt"]: r["key"] for r in collect_rows(prompt_rows, len(prompts), "encode prompts", "prompt")}
+        for r in collect_rows(encoded, len(todo), "decode+encode videos and prompts", "item"):
+            if r["path"]:
+                video_rows[r["path"]] = r
 
     rejects: list[Reject] = []
     items = []

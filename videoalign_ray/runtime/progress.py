@@ -3,7 +3,7 @@
 Under ``ray job submit`` (and in CI logs, Ray worker logs, ``nohup``) stderr is not a terminal: a tqdm bar
 there redraws with carriage returns that no log viewer shows until the stage ends. :func:`progress` gives
 the same tqdm object in both cases; without a terminal its refreshes are written as ordinary log lines
-(``INFO videoalign_ray.progress: decode+encode videos:  40%|####  | 1600/4000 [01:20<02:00, 20.0video/s]``), at
+(``INFO videoalign_ray.progress: decode+encode videos and prompts:  40%|####  | 1600/4000 [01:20<02:00, 20.0item/s]``), at
 most one per ``VIDEOALIGN_PROGRESS_EVERY_S`` seconds (default 30) and one when the stage ends.
 """
 
