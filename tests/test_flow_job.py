@@ -30,51 +30,51 @@ def _mlflow_run(summary):
     return client, client.get_run(summary["mlflow_run_id"])
 
 
-def test_default_job_then_resume(tmp_path):
-    out = tmp_path / "run"
-    s1 = run_flow_job(_cfg(out))
-    assert s1["steps"] == 4 and s1["pairs_used"] > 0 and s1["rejects"] == 0
+def test_job_resume_and_a_killed_worker_reach_the_uninterrupted_result(tmp_path):
+    """Three runs on one table (written once, so their inputs are byte-identical): an uninterrupted 8-step run
+    (its outputs and MLflow contents checked), a run whose rank 1 is SIGKILLed at step 5 (Ray Train restarts the
+    group from the step-4 checkpoint) that must end with the same weights, and the first run's command again
+    with 10 steps, which resumes at step 8, reuses the latent cache and the MLflow run."""
+    from videoalign_ray.synthetic.world import make_preference_dataset
+
+    data = make_preference_dataset(tmp_path / "data", seed=3)
+    base = dict(data=str(data), max_steps=8, checkpoint_every=2, seed=3)
+    out = tmp_path / "clean"
+    s1 = run_flow_job(_cfg(out, **base))
+    assert s1["steps"] == 8 and s1["pairs_used"] > 0 and s1["rejects"] == 0
     assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()  # diffusers' LoRA format
     assert json.loads((out / "final" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     assert (out / "final" / "config.yaml").is_file() and (out / "rejects.csv").is_file()
     assert len(s1["samples"]) == 2 and all(Path(p).stat().st_size > 0 for p in s1["samples"])
+    assert s1["final_metrics"]["time/torch_threads"] == 1  # 2 workers share the 2 CPUs
     client, run = _mlflow_run(s1)
     assert run.info.status == "FINISHED"
     hist = client.get_metric_history(run.info.run_id, "loss")
-    assert sorted({m.step for m in hist}) == [1, 2, 3, 4]
+    assert sorted({m.step for m in hist}) == list(range(1, 9))
     assert {"implicit_acc", "chosen_gap", "rejected_gap", "kl_proxy", "step_time_s"} <= set(run.data.metrics)
     assert run.data.params["beta"] == "500.0"
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "final/adapter")}
     assert "final/adapter/adapter_model.safetensors" in arts
 
-    # Same output folder, more steps: resumes from step 4, reuses the latent cache and the MLflow run.
-    s2 = run_flow_job(_cfg(out, max_steps=6))
-    assert s2["steps"] == 6
-    assert s1["final_metrics"]["time/torch_threads"] == 1  # 2 workers share the 2 CPUs
-    assert s2["mlflow_run_id"] == s1["mlflow_run_id"] and s2["resumed_mlflow_run"]
-    assert s2["data_stats"]["videos_cached"] == s2["data_stats"]["videos"] > 0
-    assert s2["data_stats"]["videos_encoded"] == 0
-    hist = _mlflow_run(s2)[0].get_metric_history(s1["mlflow_run_id"], "loss")
-    assert max(m.step for m in hist) == 6
-
-
-def test_killed_worker_resumes_to_same_result(tmp_path):
-    from videoalign_ray.synthetic.world import make_preference_dataset
-
-    base = dict(max_steps=8, checkpoint_every=2, num_samples=0, seed=3)
-    # Both runs read the same table and videos (written once), so their inputs are byte-identical.
-    data = make_preference_dataset(tmp_path / "data", seed=3)
-    clean2 = run_flow_job(_cfg(tmp_path / "clean2", data=str(data), **base))
-    faulty = run_flow_job(_cfg(tmp_path / "faulty", data=str(data), fail_at_step=5, **base))
+    faulty = run_flow_job(_cfg(tmp_path / "faulty", fail_at_step=5, num_samples=0, **base))
     assert (tmp_path / "faulty" / ".fault_injected").is_file(), "the fault was never injected"
-    assert faulty["steps"] == clean2["steps"] == 8
-    assert faulty["final_metrics"]["loss"] == pytest.approx(clean2["final_metrics"]["loss"], abs=1e-6)
-    a = load_file(Path(clean2["checkpoint"]) / "adapter" / "adapter_model.safetensors")
+    assert faulty["steps"] == 8
+    assert faulty["final_metrics"]["loss"] == pytest.approx(s1["final_metrics"]["loss"], abs=1e-6)
+    a = load_file(Path(s1["checkpoint"]) / "adapter" / "adapter_model.safetensors")
     b = load_file(Path(faulty["checkpoint"]) / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k), "training did not move the adapter"
+
+    # Same output folder, more steps: resumes from step 8, reuses the latent cache and the MLflow run.
+    s2 = run_flow_job(_cfg(out, **{**base, "max_steps": 10, "num_samples": 0}))
+    assert s2["steps"] == 10
+    assert s2["mlflow_run_id"] == s1["mlflow_run_id"] and s2["resumed_mlflow_run"]
+    assert s2["data_stats"]["videos_cached"] == s2["data_stats"]["videos"] > 0
+    assert s2["data_stats"]["videos_encoded"] == 0
+    hist = _mlflow_run(s2)[0].get_metric_history(s1["mlflow_run_id"], "loss")
+    assert max(m.step for m in hist) == 10
 
 
 def test_bad_videos_are_rejected_and_training_continues(tmp_path):
