@@ -37,7 +37,7 @@ def cluster(tmp_path_factory):
 def _args(out: Path, prompts: str) -> list[str]:
     return ["jobs/online_dpo.py", "--output-dir", str(out), "--prompts", prompts, "--rounds", "2",
             "--samples-per-prompt", "2", "--steps-per-round", "2", "--batch-size", "1", "--sample-steps", "8",
-            "--eval-samples-per-prompt", "0"]
+            "--eval-samples-per-prompt", "0", "--num-workers", "1"]  # 2 workers: test_beside_ray
 
 
 def _attempts(out: Path, round_: int) -> dict[int, int]:

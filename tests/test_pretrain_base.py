@@ -22,7 +22,7 @@ def test_shortened_pretraining_exports_a_base(tmp_path):
     try:
         s = run_pretrain(validate_config(PretrainConfig, dict(
             output_dir=str(tmp_path / "pt"), max_steps=3, world_pairs=12, checkpoint_every=3, num_samples=0,
-            batch_size=2, warmup_steps=1)))
+            batch_size=2, warmup_steps=1, num_workers=1)))
     finally:
         ray.shutdown()
     export = tmp_path / "pt" / "tiny_world_base"

@@ -70,12 +70,12 @@ def test_tensor_cache_round_trip_on_s3(s3_env):
 
 @pytest.mark.integration
 def test_flow_dpo_job_with_its_cache_on_s3(s3_env, tmp_path):
-    """The default Flow-DPO job (its own local Ray, whose workers inherit the AWS variables) encodes into an
+    """The Flow-DPO job (its own local Ray, whose workers inherit the AWS variables; one worker) encodes into an
     S3 cache and its training workers read their latents back from there."""
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "jobs/flow_dpo.py", "--output-dir", str(out), "--cache-dir", f"s3://{BUCKET}/cache",
-         "--max-steps", "2", "--checkpoint-every", "2", "--num-samples", "0"],
+         "--max-steps", "2", "--checkpoint-every", "2", "--num-samples", "0", "--num-workers", "1"],
         cwd=ROOT, env={**os.environ, **s3_env, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
