@@ -3,7 +3,7 @@
 # Without an NVIDIA GPU it installs the CPU build of torch first (torch==2.13.0 is the CPU wheel
 # served locally here), so that no package pulls several GB of CUDA wheels.
 # Packages are installed with uv (itself installed into .venv by pip): the same resolution as pip,
-# ~15 s instead of ~2 min on the 2-core CI machine. VIDEOALIGN_PIP=1 installs with pip instead.
+# ~1 min from an empty uv cache instead of ~2 min on the 2-core CI machine. VIDEOALIGN_PIP=1 installs with pip.
 # Usage: scripts/setup.sh [extras]   e.g. scripts/setup.sh dev   or   scripts/setup.sh dev,gpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
