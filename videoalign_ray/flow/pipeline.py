@@ -2,7 +2,7 @@
 
     unique videos --map(decode, tasks)--> frames --+
                                                    +--map_batches(Encoder, actor pool)--> latent and embedding cache
-    unique prompts --map(cache key, tasks)---------+
+    prompts not in the cache ----------------------+
     good pairs --> small key rows {pair_id, chosen_key, rejected_key, prompt_embeds_key} (materialized)
     key rows (one shard per rank) --the training worker loads each micro-batch from the cache, prefetched--> tensors
 
@@ -54,15 +54,14 @@ class EncodeSpec:
 
 def _decode_row(row: dict, spec: EncodeSpec) -> dict:
     """One input row -> one encoder row. A video row (``path``) is decoded to ``frames`` ``(F, H, W, 3)``
-    uint8 (status ``decoded``, or ``error`` with the decoder's reason); a prompt row (``prompt``) gets its cache
-    key (status ``prompt``). Either is ``cached`` when its tensor is in the cache already."""
+    uint8 (status ``decoded``; ``cached`` when its latents are in the cache; ``error`` with the decoder's
+    reason); a prompt row (``prompt``, with the cache key the driver gave it) passes on with status ``prompt``."""
     cache = TensorCache(spec.cache_dir)
     empty = np.zeros((0, spec.height, spec.width, 3), np.uint8)
     out = {"path": row["path"], "prompt": row["prompt"], "key": "", "frames": empty, "status": "error", "error": "",
            "node": current_node_id()}  # which node decoded it (data_stats: decode_nodes)
-    if row["prompt"]:
-        out["key"] = prompt_key(row["prompt"], spec.text_encoder_id, spec.max_text_tokens)
-        out["status"] = "cached" if cache.has(out["key"]) else "prompt"
+    if row["prompt"]:  # the driver computed its key and found it missing from the cache
+        out["key"], out["status"] = row["key"], "prompt"
         return out
     try:
         key = video_key(row["path"], spec.num_frames, spec.height, spec.width, spec.vae_id)
@@ -158,8 +157,8 @@ def encode_pairs(
     prompts = sorted({p.prompt for p in pairs})
     prompt_keys = {p: prompt_key(p, spec.text_encoder_id, spec.max_text_tokens) for p in prompts}
     cache = TensorCache(spec.cache_dir)
-    todo = [{"path": v, "prompt": ""} for v in videos if v not in video_rows]
-    todo += [{"path": "", "prompt": p} for p, k in prompt_keys.items() if not cache.has(k)]
+    todo = [{"path": v, "prompt": "", "key": ""} for v in videos if v not in video_rows]
+    todo += [{"path": "", "prompt": p, "key": k} for p, k in prompt_keys.items() if not cache.has(k)]
     if todo:
         encoded = (
             ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
