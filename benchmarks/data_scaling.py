@@ -128,7 +128,7 @@ def measure(pipeline: str, n: int, workers: int) -> dict:
 
                 loaded = load_pairs(table, keep_ties=True, local_max_bytes=0)
                 encoded = decode_pairs(loaded.pairs, FrameSpec(), str(out / "cache"))
-            keys, _, _ = split_for_workers(encoded.rows, workers, 2)
+            keys, _, _ = split_for_workers(encoded, workers, 2)
             t_prep = time.perf_counter() - t0
             read = ray.remote(_read_shard).options(num_cpus=0.5)
             results = ray.get([read.remote(k, encoded.cache_dir) for k in keys], timeout=1800)

@@ -8,6 +8,7 @@ import torch
 
 from videoalign_ray.data.cache import TensorCache, cache_loader, load_batch, load_row
 from videoalign_ray.runtime.driver import _batches
+from videoalign_ray.runtime.key_table import write_key_table
 
 
 class ListShard:
@@ -58,3 +59,33 @@ def test_worker_reader_gives_the_same_batches_as_tensor_rows(cache):
         for (_, x), (_, y) in zip(a, b, strict=True):
             assert torch.equal(x["chosen"], y["chosen"]) and torch.equal(x["i"], y["i"])
             assert torch.equal(x["chosen"][:, 0, 0].long(), x["i"])  # each row got its own tensor
+
+
+def test_key_table_round_trips_and_splits_like_an_equal_ray_split(tmp_path, local_ray):
+    """Key rows written beside the cache read back in order with their types (a label vector stays a
+    ``(B, 3)`` array), the same through Ray Data and through the workers' own reader; the per-rank files hold equal contiguous ranges, as ``Dataset.split(n, equal=True)``
+    of the same rows does; the same rows give the same file (a rerun finds it)."""
+    import ray
+
+    from videoalign_ray.data.cache import KeyRows
+
+    items = [{"pair_id": f"p{i}", "chosen_key": f"lat{i:02d}", "w": i / 2, "labels": np.array([i, 0, -1])}
+             for i in range(11)]
+    table = write_key_table(items, str(tmp_path / "cache"))
+    assert table.startswith(str(tmp_path / "cache" / "keyrows")) and table == write_key_table(items, str(tmp_path / "cache"))
+    assert write_key_table([], str(tmp_path / "cache")) is None
+    rows = KeyRows(table=table, cache_dir=str(tmp_path / "cache"))
+    assert rows.count() == 11
+    back = rows.rows.take_all()
+    assert [r["pair_id"] for r in back] == [f"p{i}" for i in range(11)] and back[3]["labels"].tolist() == [3, 0, -1]
+    batch = next(iter(rows.rows.iter_batches(batch_size=4, batch_format="numpy")))
+    assert batch["labels"].shape == (4, 3) and batch["labels"].dtype == np.int64 and batch["w"].tolist() == [0, .5, 1, 1.5]
+    for a, b in zip(rows.shard().iter_batches(4), rows.rows.iter_batches(batch_size=4, batch_format="numpy"),
+                    strict=True):  # the workers' pyarrow reader gives Ray Data's batches
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    shards, per = rows.split(3)
+    ours = [[r["pair_id"] for r in s.iter_rows()] for s in shards]
+    theirs = [[r["pair_id"] for r in s.take_all()]
+              for s in ray.data.from_items([{"pair_id": r["pair_id"]} for r in items]).split(3, equal=True)]
+    assert per == 3 and ours == theirs == [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6", "p7", "p8"]]
+    assert rows.split(12) == ([], 0)  # fewer rows than ranks: no shard (split_for_workers raises DataError)

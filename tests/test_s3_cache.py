@@ -82,6 +82,10 @@ def test_flow_dpo_job_with_its_cache_on_s3(s3_env, tmp_path):
     stats = summary["data_stats"]
     assert summary["steps"] == 2 and stats["videos_encoded"] == stats["videos"] > 0
     keys = _keys("cache/")
-    # every video's latents and every prompt's embedding, nothing written locally
-    assert len(keys) == stats["videos"] + stats["prompts"], keys
+    # every video's latents and every prompt's embedding, and the key rows (the table and the one rank's
+    # file the worker read), nothing written locally
+    tensors = [k for k in keys if k.endswith(".safetensors")]
+    assert len(tensors) == stats["videos"] + stats["prompts"], keys
+    tables = sorted(k for k in keys if k.startswith("cache/keyrows/"))
+    assert len(tables) == 2 and tables[0].endswith("-rank0of1.parquet") and len(keys) == len(tensors) + 2, keys
     assert not (out / "cache").exists()

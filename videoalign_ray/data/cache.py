@@ -145,18 +145,48 @@ def cache_loader(cache_dir: str):
 
 @dataclass
 class KeyRows:
-    """A data plane's result: the key rows of the usable pairs (a materialized Ray Dataset, ~200 bytes a row,
-    in the order of the pairs; None when no pair is usable), the cache they point into, the rejects
-    (``data.schema.Reject``) and counts.
+    """A data plane's result: the key rows of the usable pairs (``table``: a Parquet file in the cache,
+    ``runtime.key_table``, ~200 bytes a row, in the order of the pairs; None when no pair is usable), the cache
+    they point into, the rejects (``data.schema.Reject``) and counts.
 
-    Training workers get (shards of) ``rows`` and load their micro-batches themselves (:func:`cache_loader`);
-    :meth:`load` gives other readers the tensor rows lazily. The object store never holds the tensors.
+    Training workers get per-rank files of the table (:meth:`split`) and load their micro-batches themselves
+    (:func:`cache_loader`); :meth:`load` gives other readers the tensor rows lazily. The object store holds
+    neither the tensors nor the key rows at rest.
     """
 
-    rows: Any
+    table: str | None
     cache_dir: str
     rejects: list = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> Any:
+        """The key rows as a lazy Ray Dataset (read from ``table`` when iterated), or None."""
+        from videoalign_ray.runtime.key_table import key_table_dataset
+
+        return None if self.table is None else key_table_dataset(self.table)
+
+    def count(self) -> int:
+        """Rows in the table (from the file's footer; 0 without a table)."""
+        from videoalign_ray.runtime.key_table import count_rows
+
+        return 0 if self.table is None else count_rows(self.table)
+
+    def split(self, num_workers: int) -> tuple[list, int]:
+        """(one ``runtime.key_table.KeyTableShard`` per rank over equal contiguous row ranges, rows per rank);
+        see ``runtime.key_table.split_key_table``."""
+        from videoalign_ray.runtime.key_table import KeyTableShard, split_key_table
+
+        if self.table is None:
+            return [], 0
+        files, per = split_key_table(self.table, num_workers)
+        return [KeyTableShard(f) for f in files], per
+
+    def shard(self) -> Any:
+        """All key rows as one ``runtime.key_table.KeyTableShard`` (what every rank reads, e.g. validation)."""
+        from videoalign_ray.runtime.key_table import KeyTableShard
+
+        return None if self.table is None else KeyTableShard(self.table)
 
     def load(self, rows: Any = None) -> Any:
         """A lazy Ray Dataset of :func:`load_row` rows read from the cache when iterated; ``rows`` defaults to

@@ -3,12 +3,13 @@
     unique videos --map(decode, tasks)--> frames --+
                                                    +--map_batches(Encoder, actor pool)--> latent and embedding cache
     prompts not in the cache ----------------------+
-    good pairs --> small key rows {pair_id, chosen_key, rejected_key, prompt_embeds_key} (materialized)
-    key rows (one shard per rank) --the training worker loads each micro-batch from the cache, prefetched--> tensors
+    good pairs --> small key rows {pair_id, chosen_key, rejected_key, prompt_embeds_key} (a Parquet file in the cache)
+    key rows (one file per rank) --the training worker loads each micro-batch from the cache, prefetched--> tensors
 
-Only the key rows live in the object store for the whole job (about 200 bytes a pair); a training worker
-reads the latents of its next micro-batches from the cache (``runtime.driver``), so object-store and driver
-memory do not grow with the number of pairs (benchmarks/data_scaling.py). Decode runs as plain tasks spread over the
+The key rows (about 200 bytes a pair) live in a file beside the cache (``runtime.key_table``); a training worker
+reads the latents of its next micro-batches from the cache (``runtime.driver``), so neither the object store
+nor the driver ever holds tensors; what still grows with the pairs is small rows (the driver's pair list, the
+input and result rows of this stage: benchmarks/data_scaling.py, docs/scale.md). Decode runs as plain tasks spread over the
 cluster's nodes; the encoder actors (``encoder_actors``, default one per GPU) load the VAE once and the text
 encoder at their first prompt. Videos and prompts go through one dataset and one actor pool: a second pool for
 the prompts cost a second round of actor start-ups (7 s of a 65 s tiny run on 2 CPUs). Videos and
@@ -29,7 +30,8 @@ from videoalign_ray.data.cache import KeyRows, TensorCache, prompt_key, video_ke
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.launch import collect_rows, current_node_id, key_rows_dataset
+from videoalign_ray.runtime.key_table import write_key_table
+from videoalign_ray.runtime.launch import collect_rows, current_node_id
 
 DECODE_CPUS = 0.5
 
@@ -202,4 +204,4 @@ def encode_pairs(
         "decode_nodes": len({r["node"] for r in video_rows.values() if r["status"] != "cached"}),  # nodes that decoded
         "prompts": len(prompts),
     }
-    return KeyRows(rows=key_rows_dataset(items), cache_dir=spec.cache_dir, rejects=rejects, stats=stats)
+    return KeyRows(table=write_key_table(items, spec.cache_dir), cache_dir=spec.cache_dir, rejects=rejects, stats=stats)

@@ -235,8 +235,8 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     tracker.log_metrics({f"data/{k}": v for k, v in counts.items()}, step=0)
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
-    n_pairs = encoded.rows.count()
-    key_shards, per_worker, micro_batch = split_for_workers(encoded.rows, cfg.num_workers, cfg.batch_size)
+    n_pairs = encoded.count()
+    key_shards, per_worker, micro_batch = split_for_workers(encoded, cfg.num_workers, cfg.batch_size)
     shards = key_shards  # small key rows: each worker loads its micro-batches' latents from the cache
     lora_rank = cfg.lora_rank or preset.lora_rank
     grad_accum = resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum)

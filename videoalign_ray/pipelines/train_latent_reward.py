@@ -95,7 +95,7 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
     loaded.rejects = rejects
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
-    shards, per_worker, micro_batch = split_for_workers(enc.rows, cfg.num_workers, cfg.batch_size)
+    shards, per_worker, micro_batch = split_for_workers(enc, cfg.num_workers, cfg.batch_size)
     loop_cfg = LatentRewardLoopConfig(
         model_dir=str(model_dir), num_blocks=cfg.num_blocks, loss=cfg.loss, noise=cfg.noise, lr=cfg.lr or 3e-4,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, micro_batch=micro_batch,

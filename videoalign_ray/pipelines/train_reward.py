@@ -116,7 +116,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         if r.rows is None:
             raise DataError(f"no {name} pair has two decodable videos; see {out / 'rejects.csv'}")
     # Small key rows: each worker loads the frames of its micro-batches from the cache.
-    shards, per_worker, micro_batch = split_for_workers(train_rows.rows, cfg.num_workers, cfg.batch_size)
+    shards, per_worker, micro_batch = split_for_workers(train_rows, cfg.num_workers, cfg.batch_size)
     lm_training = cfg.lm_training or ("full" if tiny else "lora")
     lora_rank = cfg.lora_rank or 64
     loop_cfg = RewardLoopConfig(
@@ -137,7 +137,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
-        num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_rows.rows},
+        num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_rows.shard()},
         cpus_per_worker=cfg.cpus_per_worker,
     )
     result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"VideoReward training {out.name!r}")

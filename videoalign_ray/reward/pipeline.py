@@ -22,7 +22,8 @@ from videoalign_ray.data.cache import KeyRows, TensorCache
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_to_budget
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.launch import collect_rows, current_node_id, key_rows_dataset
+from videoalign_ray.runtime.key_table import write_key_table
+from videoalign_ray.runtime.launch import collect_rows, current_node_id
 
 INVALID = -100
 
@@ -124,4 +125,4 @@ def decode_pairs(pairs: list[PreferencePair], spec: FrameSpec, cache_dir: str) -
              "videos_decoded": sum(r["status"] == "decoded" for r in decoded),
              "videos_failed": sum(r["status"] == "error" for r in decoded),
              "decode_nodes": len({r["node"] for r in decoded if r["status"] != "cached"})}
-    return KeyRows(rows=key_rows_dataset(items), cache_dir=cache_dir, rejects=rejects, stats=stats)
+    return KeyRows(table=write_key_table(items, cache_dir), cache_dir=cache_dir, rejects=rejects, stats=stats)

@@ -11,6 +11,7 @@ import torch
 from videoalign_ray.reward.losses import bt_loss, btt_loss
 from videoalign_ray.reward.metrics import accuracy_without_ties, tie_aware_accuracy
 from videoalign_ray.runtime.driver import LoopCommon
+from videoalign_ray.runtime.key_table import dataset_shard
 
 DIMS = ("VQ", "MQ", "TA")
 METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
@@ -144,7 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine = init_engine(model, cfg.deepspeed_config(world))
     loss_fn = btt_loss if cfg.loss == "btt" else bt_loss
     cache = TensorCache(cfg.cache_dir)  # the validation key rows are loaded here, this rank's share only
-    val_rows = [load_row(r, cache) for i, r in enumerate(ray.train.get_dataset_shard("val").iter_rows())
+    val_rows = [load_row(r, cache) for i, r in enumerate(dataset_shard("val").iter_rows())
                 if i % world == rank]
 
     def step_fn(batch, gen):

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videoalign_ray.runtime.key_table import dataset_shard
+
 log = logging.getLogger(__name__)
 
 
@@ -220,7 +222,7 @@ def run_steps(
         from videoalign_ray.runtime.tracking import Tracker
 
         tracker = Tracker.attach(spec.mlflow_tracking_uri, spec.mlflow_run_id)
-    shard = ray.train.get_dataset_shard(f"shard_{rank}")
+    shard = dataset_shard(f"shard_{rank}")  # a key-row file (runtime.key_table) or a Ray Data shard
     step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
     progress = None
     if rank == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -75,16 +76,6 @@ def init_ray() -> None:
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars in a terminal, not in CI logs
 
 
-def key_rows_dataset(items: list[dict]):
-    """The materialized Ray Dataset of small rows (cache keys, labels) in the given order, one block per ~256
-    rows and at least 8, so a rank's shard is read in pieces; None for no rows."""
-    import ray
-
-    if not items:
-        return None
-    return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), max(8, len(items) // 256)))).materialize()
-
-
 def collect_rows(dataset, total: int | None, desc: str, unit: str) -> list[dict]:
     """The rows of a Ray Dataset of small result rows, streamed (its operators run while rows arrive) with a
     progress bar or, without a terminal, a log line every ``VIDEOALIGN_PROGRESS_EVERY_S`` seconds:
@@ -153,7 +144,8 @@ def resolve_cpus_per_worker(configured: int | None, num_workers: int, use_gpu: b
 def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers: int, use_gpu: bool, out: Path,
                  run_name: str, max_failures: int, num_to_keep: int, extra_datasets: dict | None = None,
                  cpus_per_worker: int | None = None):
-    """A TorchTrainer whose worker r reads ``shard_r`` (and every worker the ``extra_datasets``), with
+    """A TorchTrainer whose worker r reads ``shard_r`` (and every worker the ``extra_datasets``; Ray Datasets,
+    or ``runtime.key_table.KeyTableShard`` files that the workers read themselves), with
     checkpoints and the run snapshot under ``<out>/ray_results/<run_name>`` (re-running resumes). Each worker
     reserves ``cpus_per_worker`` CPUs (None: :func:`resolve_cpus_per_worker`'s default) and one GPU with
     ``use_gpu``; ``runtime.driver.run_steps`` sets its torch threads to them."""
@@ -161,13 +153,17 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from videoalign_ray.runtime.key_table import KeyTableShard, run_with_shards
+
+    named = {**{f"shard_{i}": s for i, s in enumerate(shards)}, **(extra_datasets or {})}
+    files = {k: v for k, v in named.items() if isinstance(v, KeyTableShard)}  # read by the workers themselves
     return TorchTrainer(
-        loop,
+        functools.partial(run_with_shards, loop, files) if files else loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={
             "CPU": resolve_cpus_per_worker(cpus_per_worker, num_workers, use_gpu), **({"GPU": 1} if use_gpu else {})}),
-        datasets={**{f"shard_{i}": s for i, s in enumerate(shards)}, **(extra_datasets or {})},
+        datasets={k: v for k, v in named.items() if k not in files},
         # Ray Train resolves ingest options in its controller process, whose DataContext does not carry the
         # driver's preserve_order: without this the shards' rows arrive in block-completion order, and two
         # runs with the same seed train on different batches.
@@ -240,14 +236,14 @@ def resolve_grad_accum(global_batch: int | None, micro_batch: int, num_workers: 
     return global_batch // per_step
 
 
-def split_for_workers(dataset, num_workers: int, batch_size: int) -> tuple[list, int, int]:
-    """Equal per-rank shards; returns (shards, rows per worker, micro-batch clipped to it).
+def split_for_workers(key_rows, num_workers: int, batch_size: int) -> tuple[list, int, int]:
+    """Equal per-rank shards of a data plane's key rows (``data.cache.KeyRows``: one file per rank, read
+    lazily); returns (shards, rows per worker, micro-batch clipped to it).
 
     Raises:
-        ValueError: fewer rows than workers.
+        DataError: fewer rows than workers.
     """
-    n = dataset.count()
-    per_worker = n // num_workers
+    shards, per_worker = key_rows.split(num_workers)
     if per_worker < 1:
-        raise DataError(f"{n} usable rows cannot feed {num_workers} workers; lower --num-workers")
-    return dataset.split(num_workers, equal=True), per_worker, min(batch_size, per_worker)
+        raise DataError(f"{key_rows.count()} usable rows cannot feed {num_workers} workers; lower --num-workers")
+    return shards, per_worker, min(batch_size, per_worker)
