@@ -23,9 +23,11 @@ def _train(out: Path, **kw):
 
 
 def test_videoreward_learns_quality_on_held_out_prompts(tmp_path):
-    """Learning, not just running: 250 steps on 256 pairs of the train prompts lift accuracy without ties on
-    the held-out prompts well above chance (0.5) for VQ and MQ. (TA needs the full default run; README.)"""
-    s = _train(tmp_path / "learn", max_steps=250, checkpoint_every=250, train_pairs=256, val_pairs=64,
+    """Learning, not just running: 500 steps on 256 pairs of the train prompts lift accuracy without ties on
+    the held-out prompts well above chance (0.5) for VQ and MQ. (TA needs the full default run; README.)
+    250 steps were on the edge: on an AVX-512 machine held-out VQ was 0.61 / 0.72 / 0.75 for seeds 0 / 1 / 2
+    at step 250 and 0.92 at step 500 (seed 0), where the machines before had passed at 250."""
+    s = _train(tmp_path / "learn", max_steps=500, checkpoint_every=500, train_pairs=256, val_pairs=64,
                batch_size=8, warmup_steps=25, log_every=50, seed=0)
     acc = s["val_accuracy"]
     assert acc["acc_VQ"] >= 0.85, acc

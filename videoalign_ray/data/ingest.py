@@ -24,6 +24,12 @@ from videoalign_ray.data.io import (
 )
 from videoalign_ray.errors import DataError
 
+CHECK_BLOCK_BYTES = 64 << 10
+"""Ray Data's block size cap while tables are read and checked (its default is 128 MiB): a table file is read
+by one task, and with the default its whole table travelled as one block, then the outcome rows as another, so
+the object store held ~850 bytes per table row at the peak (3.0 MiB at 4,000 rows). With 64 KiB blocks the
+rows stream, and the peak stayed at ~0.03 MiB for 500 and 4,000 rows (benchmarks/data_scaling.py)."""
+
 LOCAL_READ_MAX_BYTES = 1 << 20
 """Tables smaller than this in all (~5,000 rows of CSV) are read and checked in the driver: a Ray Data
 execution costs ~2 s to start, more than checking them takes."""
@@ -96,7 +102,7 @@ def load_pairs_ray(path: str | Path, dimension: str = "overall", keep_ties: bool
     """:func:`videoalign_ray.data.io.load_pairs` with Ray Data reading and checking the rows (Ray must be
     initialized); tables under ``local_max_bytes`` in all are read in the driver (same result, faster).
     Driver memory: one outcome row per table row while it is numbered (~0.3 KB), then the pairs (~1 KB
-    each, what the data planes take).
+    each, what the data planes take); the object store holds the blocks in flight (``CHECK_BLOCK_BYTES``).
 
     Raises:
         DataError: missing path, a folder without tables, a file Ray Data cannot parse (named), or columns that
@@ -117,12 +123,14 @@ def load_pairs_ray(path: str | Path, dimension: str = "overall", keep_ties: bool
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    keep_order, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # row numbers
+    keep = ctx.execution_options.preserve_order, ctx.target_max_block_size
+    ctx.execution_options.preserve_order = True  # row numbers
+    ctx.target_max_block_size = CHECK_BLOCK_BYTES  # small rows stream in small blocks
     try:
         for files in groups.values():
             _check_files(files, path, base, dimension, keep_ties, constants, outcomes)
     finally:
-        ctx.execution_options.preserve_order = keep_order
+        ctx.execution_options.preserve_order, ctx.target_max_block_size = keep
 
     res = LoadResult(source=str(path), total_rows=sum(len(v) for v in outcomes.values()))
     row = 0
