@@ -113,7 +113,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     check_reject_budget(loaded, cfg.max_reject_fraction)
 
     for name, r in (("training", train_rows), ("validation", val_rows)):
-        if r.rows is None:
+        if r.table is None:
             raise DataError(f"no {name} pair has two decodable videos; see {out / 'rejects.csv'}")
     # Small key rows: each worker loads the frames of its micro-batches from the cache.
     shards, per_worker, micro_batch = split_for_workers(train_rows, cfg.num_workers, cfg.batch_size)

@@ -109,7 +109,7 @@ def count_rows(location: str) -> int:
     import pyarrow.parquet as pq
 
     fs, path = _fs_and_path(location)
-    return pq.ParquetFile(path if fs is None else fs.open_input_file(path)).metadata.num_rows
+    return pq.read_metadata(path, filesystem=fs).num_rows
 
 
 def split_key_table(location: str, num_workers: int) -> tuple[list[str], int]:
