@@ -2,6 +2,7 @@
 checkpoint, the latent reward job, generation with a local guide, and the errors users hit first."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -90,6 +91,8 @@ def test_training_rows_follow_the_table_order(tmp_path):
     encoded = encode_pairs(pairs, spec, {p.pair_id: {"row": p.row} for p in pairs})
     rows = encoded.dataset.take_all()
     assert [int(r["row"]) for r in rows] == list(range(1, 11))
+    # The stage's input rows went through a file of their own, removed after the stage: only the key rows stay.
+    assert [f.name for f in (tmp_path / "cache" / "keyrows").iterdir()] == [Path(encoded.table).name]
 
     # One actor pool encoded videos and prompts: its cache entries equal the encoders called directly.
     import numpy as np

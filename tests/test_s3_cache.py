@@ -48,7 +48,8 @@ def _keys(prefix: str) -> list[str]:
     import boto3
 
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+    # not pyarrow's empty directory markers ("a/b/"): it writes one when a delete leaves a folder empty
+    return [o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
 
 
 def test_tensor_cache_round_trip_on_s3(s3_env):
@@ -83,9 +84,24 @@ def test_flow_dpo_job_with_its_cache_on_s3(s3_env, tmp_path):
     assert summary["steps"] == 2 and stats["videos_encoded"] == stats["videos"] > 0
     keys = _keys("cache/")
     # every video's latents and every prompt's embedding, and the key rows (the table and the one rank's
-    # file the worker read), nothing written locally
+    # file the worker read; the encode stage removed its input file), nothing written locally
     tensors = [k for k in keys if k.endswith(".safetensors")]
     assert len(tensors) == stats["videos"] + stats["prompts"], keys
     tables = sorted(k for k in keys if k.startswith("cache/keyrows/"))
     assert len(tables) == 2 and tables[0].endswith("-rank0of1.parquet") and len(keys) == len(tensors) + 2, keys
     assert not (out / "cache").exists()
+
+
+def test_a_stage_input_file_is_written_and_removed_on_s3(s3_env):
+    """The flow encode stage's input rows go through a file of their own beside the cache; on S3 it is written
+    under the cache root's keyrows/ and deleted after the stage."""
+    from videoalign_ray.runtime.key_table import count_rows, remove_key_table, write_key_table
+
+    rows = [{"path": f"v{i}.mp4", "prompt": "", "key": ""} for i in range(5)]
+    first = write_key_table(rows, f"s3://{BUCKET}/stage/", unique=True)
+    second = write_key_table(rows, f"s3://{BUCKET}/stage/", unique=True)  # the same rows: a file of its own
+    assert first != second and first.startswith(f"s3://{BUCKET}/stage/keyrows/todo-") and count_rows(first) == 5
+    assert len(_keys("stage/keyrows/")) == 2
+    remove_key_table(first)
+    remove_key_table(first)  # already gone: fine
+    assert _keys("stage/keyrows/") == [second[len(f"s3://{BUCKET}/"):]]

@@ -8,8 +8,10 @@
 
 The key rows (about 200 bytes a pair) live in a file beside the cache (``runtime.key_table``); a training worker
 reads the latents of its next micro-batches from the cache (``runtime.driver``), so neither the object store
-nor the driver ever holds tensors; what still grows with the pairs is small rows (the driver's pair list, the
-input and result rows of this stage: benchmarks/data_scaling.py, docs/scale.md). Decode runs as plain tasks spread over the
+nor the driver ever holds tensors. The stage's input rows (videos and prompts not in the cache) are written to a
+Parquet file of their own beside the cache and read block by block as the decode tasks ask for them, then the
+file is removed. What still grows with the pairs is small rows on the driver (its pair list, the stage's result
+rows: benchmarks/data_scaling.py, docs/scale.md). Decode runs as plain tasks spread over the
 cluster's nodes; the encoder actors (``encoder_actors``, default one per GPU) load the VAE once and the text
 encoder at their first prompt. Videos and prompts go through one dataset and one actor pool: a second pool for
 the prompts cost a second round of actor start-ups (7 s of a 65 s tiny run on 2 CPUs). Videos and
@@ -30,7 +32,7 @@ from videoalign_ray.data.cache import KeyRows, TensorCache, prompt_key, video_ke
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.key_table import write_key_table
+from videoalign_ray.runtime.key_table import key_table_dataset, remove_key_table, write_key_table
 from videoalign_ray.runtime.launch import collect_rows, current_node_id
 
 DECODE_CPUS = 0.5
@@ -162,8 +164,11 @@ def encode_pairs(
     todo = [{"path": v, "prompt": "", "key": ""} for v in videos if v not in video_rows]
     todo += [{"path": "", "prompt": p, "key": k} for p, k in prompt_keys.items() if not cache.has(k)]
     if todo:
+        # The input rows go through a Parquet file beside the cache, read block by block as the decode tasks
+        # ask for them: ``ray.data.from_items`` put every row in the object store at once (its peak grew with N).
+        todo_table = write_key_table(todo, spec.cache_dir, unique=True)
         encoded = (
-            ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
+            key_table_dataset(todo_table, num_blocks=min(len(todo), 64))
             # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
             # operator (tasks spread over the cluster) instead of fusing decode into the actors.
             .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)  # Ray Data SPREADs tasks over nodes
@@ -176,9 +181,12 @@ def encode_pairs(
                 num_gpus=1 if spec.use_gpu else 0,
             )
         )
-        for r in collect_rows(encoded, len(todo), "decode+encode videos and prompts", "item"):
-            if r["path"]:
-                video_rows[r["path"]] = r
+        try:
+            for r in collect_rows(encoded, len(todo), "decode+encode videos and prompts", "item"):
+                if r["path"]:
+                    video_rows[r["path"]] = r
+        finally:
+            remove_key_table(todo_table)
 
     rejects: list[Reject] = []
     items = []

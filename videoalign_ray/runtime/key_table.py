@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from typing import Any
 
 import numpy as np
@@ -81,27 +82,41 @@ def _digest(items: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:32]
 
 
-def write_key_table(items: list[dict[str, Any]], cache_dir: str) -> str | None:
-    """Write the key rows ``items`` (same columns in every row) to ``<cache_dir>/keyrows/<digest>.parquet``.
+def write_key_table(items: list[dict[str, Any]], cache_dir: str, unique: bool = False) -> str | None:
+    """Write the key rows ``items`` (same columns in every row) to ``<cache_dir>/keyrows/<digest>.parquet``,
+    or with ``unique`` to a file of its own (``todo-<uuid4>.parquet``: a stage's input rows, removed by the
+    stage after use with :func:`remove_key_table`, so two runs with the same rows never share it).
 
     Returns:
         The file's location (a path, or a URI under a URI cache root); None for no rows.
     """
     if not items:
         return None
-    location = f"{str(cache_dir).rstrip('/')}/{KEY_TABLE_DIR}/{_digest(items)}.parquet"
-    if not _exists(location):
+    name = f"todo-{uuid.uuid4().hex}" if unique else _digest(items)
+    location = f"{str(cache_dir).rstrip('/')}/{KEY_TABLE_DIR}/{name}.parquet"
+    if unique or not _exists(location):
         _write(_to_table(items), location)
     return location
 
 
-def key_table_dataset(location: str):
+def key_table_dataset(location: str, num_blocks: int | None = None):
     """A lazy Ray Dataset over the key-row file at ``location`` (rows in file order when read with
-    ``preserve_order``); nothing is materialized in the object store."""
+    ``preserve_order``), its rows cut into ``num_blocks`` blocks when given (Ray's choice otherwise); blocks
+    are read as the next operator asks for them, nothing is materialized in the object store ahead of it."""
     import ray
 
     fs, path = _fs_and_path(location)  # our filesystem (endpoint and credentials as the cache's), not Ray's guess
-    return ray.data.read_parquet(path, filesystem=fs, file_extensions=None)
+    return ray.data.read_parquet(path, filesystem=fs, file_extensions=None, override_num_blocks=num_blocks)
+
+
+def remove_key_table(location: str) -> None:
+    """Delete a key-row file that is no longer needed (a stage's input rows); a missing file is fine."""
+    from pyarrow import fs as pafs
+
+    fs, path = _fs_and_path(location)
+    fs = fs or pafs.LocalFileSystem()
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
 
 
 def count_rows(location: str) -> int:
