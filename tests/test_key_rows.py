@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,21 @@ def test_key_table_round_trips_and_splits_like_an_equal_ray_split(tmp_path, loca
               for s in ray.data.from_items([{"pair_id": r["pair_id"]} for r in items]).split(3, equal=True)]
     assert per == 3 and ours == theirs == [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6", "p7", "p8"]]
     assert rows.split(12) == ([], 0)  # fewer rows than ranks: no shard (split_for_workers raises DataError)
+
+
+def test_stage_input_blocks_read_their_own_row_groups(tmp_path, local_ray):
+    """A stage's input file in row groups of 4 rows: ``key_table_blocks`` gives every row once, in file order,
+    one block per row group (4, 4, 2 rows); ``remove_key_table`` deletes the file."""
+    import pyarrow.parquet as pq
+
+    from videoalign_ray.runtime.key_table import key_table_blocks, read_row_groups, remove_key_table
+
+    items = [{"path": f"v{i}", "prompt": "", "key": str(i)} for i in range(10)]
+    loc = write_key_table(items, str(tmp_path / "cache"), unique=True, row_group_rows=4)
+    assert pq.read_metadata(loc).num_row_groups == 3
+    assert read_row_groups(loc, [2, 1]).column("path").to_pylist() == [f"v{i}" for i in range(4, 10)]
+    ds = key_table_blocks(loc)
+    assert [r["path"] for r in ds.take_all()] == [f"v{i}" for i in range(10)]
+    assert [len(b["path"]) for b in ds.iter_batches(batch_size=None)] == [4, 4, 2]
+    remove_key_table(loc)
+    assert not Path(loc).exists()

@@ -32,7 +32,7 @@ from videoalign_ray.data.cache import KeyRows, TensorCache, prompt_key, video_ke
 from videoalign_ray.data.schema import PreferencePair, Reject
 from videoalign_ray.data.transforms import resize_center_crop
 from videoalign_ray.data.video import VideoDecodeError, expand_frames, load_video
-from videoalign_ray.runtime.key_table import key_table_dataset, remove_key_table, write_key_table
+from videoalign_ray.runtime.key_table import key_table_blocks, remove_key_table, write_key_table
 from videoalign_ray.runtime.launch import collect_rows, current_node_id
 
 DECODE_CPUS = 0.5
@@ -166,9 +166,12 @@ def encode_pairs(
     if todo:
         # The input rows go through a Parquet file beside the cache, read block by block as the decode tasks
         # ask for them: ``ray.data.from_items`` put every row in the object store at once (its peak grew with N).
-        todo_table = write_key_table(todo, spec.cache_dir, unique=True)
+        # Blocks (row groups) of at most 256 rows, at least 64 blocks while there are as many rows: decode tasks
+        # to spread over the nodes.
+        block_rows = -(-len(todo) // min(len(todo), max(64, -(-len(todo) // 256))))
+        todo_table = write_key_table(todo, spec.cache_dir, unique=True, row_group_rows=block_rows)
         encoded = (
-            key_table_dataset(todo_table, num_blocks=min(len(todo), 64))
+            key_table_blocks(todo_table)
             # Decode tasks ask for less CPU than the encoder actors, so Ray Data keeps them a separate
             # operator (tasks spread over the cluster) instead of fusing decode into the actors.
             .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)  # Ray Data SPREADs tasks over nodes

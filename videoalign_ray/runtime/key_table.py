@@ -35,7 +35,7 @@ def _fs_and_path(location: str):
     return None, location
 
 
-def _write(table, location: str) -> None:
+def _write(table, location: str, row_group_rows: int | None = None) -> None:
     """Write ``table`` to ``location`` whole or not at all (local: temp file + rename; object stores: the
     object appears when its upload completes)."""
     import pyarrow.parquet as pq
@@ -43,10 +43,10 @@ def _write(table, location: str) -> None:
     fs, path = _fs_and_path(location)
     if fs is None:
         with atomic_path(path) as tmp:
-            pq.write_table(table, str(tmp))
+            pq.write_table(table, str(tmp), row_group_size=row_group_rows)
         return
     with fs.open_output_stream(path) as f:
-        pq.write_table(table, f)
+        pq.write_table(table, f, row_group_size=row_group_rows)
 
 
 def _exists(location: str) -> bool:
@@ -82,10 +82,12 @@ def _digest(items: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:32]
 
 
-def write_key_table(items: list[dict[str, Any]], cache_dir: str, unique: bool = False) -> str | None:
+def write_key_table(items: list[dict[str, Any]], cache_dir: str, unique: bool = False,
+                    row_group_rows: int | None = None) -> str | None:
     """Write the key rows ``items`` (same columns in every row) to ``<cache_dir>/keyrows/<digest>.parquet``,
     or with ``unique`` to a file of its own (``todo-<uuid4>.parquet``: a stage's input rows, removed by the
-    stage after use with :func:`remove_key_table`, so two runs with the same rows never share it).
+    stage after use with :func:`remove_key_table`, so two runs with the same rows never share it), in Parquet row
+    groups of ``row_group_rows`` rows (pyarrow's default when None; :func:`key_table_blocks` reads one group a task).
 
     Returns:
         The file's location (a path, or a URI under a URI cache root); None for no rows.
@@ -95,7 +97,7 @@ def write_key_table(items: list[dict[str, Any]], cache_dir: str, unique: bool = 
     name = f"todo-{uuid.uuid4().hex}" if unique else _digest(items)
     location = f"{str(cache_dir).rstrip('/')}/{KEY_TABLE_DIR}/{name}.parquet"
     if unique or not _exists(location):
-        _write(_to_table(items), location)
+        _write(_to_table(items), location, row_group_rows)
     return location
 
 
@@ -107,6 +109,34 @@ def key_table_dataset(location: str, num_blocks: int | None = None):
 
     fs, path = _fs_and_path(location)  # our filesystem (endpoint and credentials as the cache's), not Ray's guess
     return ray.data.read_parquet(path, filesystem=fs, file_extensions=None, override_num_blocks=num_blocks)
+
+
+def read_row_groups(location: str, groups: list[int]):
+    """Row groups ``groups`` of a key-row file as one Arrow table (rows in file order)."""
+    import pyarrow.parquet as pq
+
+    fs, path = _fs_and_path(location)
+    with (fs.open_input_file(path) if fs is not None else open(path, "rb")) as f:
+        return pq.ParquetFile(f).read_row_groups(sorted(groups))
+
+
+def _read_block(ids: dict[str, np.ndarray], location: str):
+    return read_row_groups(location, [int(i) for i in ids["id"]])
+
+
+def key_table_blocks(location: str):
+    """A lazy Ray Dataset of the rows of a key-row file in file order, one block per Parquet row group, each
+    read from the file by its own task (write the file with ``row_group_rows`` set to the block size wanted).
+    ``read_parquet`` reads one file as one block in one task (Ray 2.60), so the next stage ran as a single
+    task; here it gets a task per block, and the rows reach the object store block by block, as that stage
+    asks for them."""
+    import pyarrow.parquet as pq
+    import ray
+
+    fs, path = _fs_and_path(location)
+    groups = pq.read_metadata(path, filesystem=fs).num_row_groups
+    return ray.data.range(groups, override_num_blocks=groups).map_batches(
+        _read_block, fn_kwargs={"location": location}, batch_size=None, batch_format="numpy")
 
 
 def remove_key_table(location: str) -> None:
