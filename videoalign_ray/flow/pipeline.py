@@ -125,7 +125,8 @@ class Encoder:
             for j, i in enumerate(prompts):
                 self.cache.put(str(batch["key"][i]), embeds[j])
                 status[i] = "encoded"
-        return {"path": batch["path"], "prompt": batch["prompt"], "key": batch["key"], "status": np.array(status),
+        # no prompt text in the result rows: the driver keeps only the video rows (smaller result blocks)
+        return {"path": batch["path"], "key": batch["key"], "status": np.array(status),
                 "error": np.array(errors), "node": batch["node"]}
 
 
