@@ -49,6 +49,12 @@ def _write(table, location: str, row_group_rows: int | None = None) -> None:
         pq.write_table(table, f, row_group_size=row_group_rows)
 
 
+def _open_input(location: str):
+    """A readable binary file of a key-row file (local or under a URI root); use it as a context manager."""
+    fs, path = _fs_and_path(location)
+    return fs.open_input_file(path) if fs is not None else open(path, "rb")
+
+
 def _exists(location: str) -> bool:
     from pyarrow import fs as pafs
 
@@ -101,22 +107,20 @@ def write_key_table(items: list[dict[str, Any]], cache_dir: str, unique: bool = 
     return location
 
 
-def key_table_dataset(location: str, num_blocks: int | None = None):
+def key_table_dataset(location: str):
     """A lazy Ray Dataset over the key-row file at ``location`` (rows in file order when read with
-    ``preserve_order``), its rows cut into ``num_blocks`` blocks when given (Ray's choice otherwise); blocks
-    are read as the next operator asks for them, nothing is materialized in the object store ahead of it."""
+    ``preserve_order``); nothing is materialized in the object store."""
     import ray
 
     fs, path = _fs_and_path(location)  # our filesystem (endpoint and credentials as the cache's), not Ray's guess
-    return ray.data.read_parquet(path, filesystem=fs, file_extensions=None, override_num_blocks=num_blocks)
+    return ray.data.read_parquet(path, filesystem=fs, file_extensions=None)
 
 
 def read_row_groups(location: str, groups: list[int]):
     """Row groups ``groups`` of a key-row file as one Arrow table (rows in file order)."""
     import pyarrow.parquet as pq
 
-    fs, path = _fs_and_path(location)
-    with (fs.open_input_file(path) if fs is not None else open(path, "rb")) as f:
+    with _open_input(location) as f:
         return pq.ParquetFile(f).read_row_groups(sorted(groups))
 
 
@@ -143,10 +147,9 @@ def remove_key_table(location: str) -> None:
     """Delete a key-row file that is no longer needed (a stage's input rows); a missing file is fine."""
     from pyarrow import fs as pafs
 
-    fs, path = _fs_and_path(location)
-    fs = fs or pafs.LocalFileSystem()
-    if fs.get_file_info(path).type == pafs.FileType.File:
-        fs.delete_file(path)
+    if _exists(location):
+        fs, path = _fs_and_path(location)
+        (fs or pafs.LocalFileSystem()).delete_file(path)
 
 
 def count_rows(location: str) -> int:
@@ -197,8 +200,7 @@ class KeyTableShard:
 
         if batch_format != "numpy":
             raise ValueError(f"KeyTableShard gives numpy batches, not {batch_format!r}")
-        fs, path = _fs_and_path(self.location)
-        with (fs.open_input_file(path) if fs is not None else open(path, "rb")) as f:
+        with _open_input(self.location) as f:
             for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
                 yield {name: col.to_numpy(zero_copy_only=False) for name, col in zip(rb.schema.names, rb.columns,
                                                                                     strict=True)}
