@@ -22,6 +22,7 @@ every pair that uses it, with the decoder's reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +170,8 @@ def encode_pairs(
         # ask for them: ``ray.data.from_items`` put every row in the object store at once (its peak grew with N).
         # Blocks (row groups) of at most 256 rows, at least 64 blocks while there are as many rows: decode tasks
         # to spread over the nodes.
-        block_rows = -(-len(todo) // min(len(todo), max(64, -(-len(todo) // 256))))
+        num_blocks = min(len(todo), max(64, math.ceil(len(todo) / 256)))
+        block_rows = math.ceil(len(todo) / num_blocks)
         todo_table = write_key_table(todo, spec.cache_dir, unique=True, row_group_rows=block_rows)
         encoded = (
             key_table_blocks(todo_table)
