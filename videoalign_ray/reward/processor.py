@@ -43,7 +43,7 @@ def patchify(frames: np.ndarray, patch_size: int = 14, temporal_patch_size: int 
     t, h, w, c = frames.shape
     if h % (patch_size * merge_size) or w % (patch_size * merge_size):
         raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255.0)
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)).div_(255.0)  # a writable copy: frames may be read-only
     x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     x = x.permute(0, 3, 1, 2)  # (T, C, H, W)
     if pad := -t % temporal_patch_size:

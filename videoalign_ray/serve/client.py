@@ -28,7 +28,7 @@ class ServeGuide:
         grad = self.handle.guide.remote(latents.detach().cpu().float().numpy(), t.detach().cpu().float().numpy(),
                                         prompt_embeds.detach().cpu().float().numpy(),
                                         np.asarray(weights, np.float32)).result()
-        return torch.from_numpy(np.asarray(grad)).to(latents.device)
+        return torch.tensor(np.asarray(grad), device=latents.device)  # a copy: the object store's array is read-only
 
 
 def post_video(client, url: str, video: str | Path | bytes, prompt: str, filename: str = "video.mp4"):
