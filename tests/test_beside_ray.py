@@ -57,12 +57,10 @@ def test_online_job_beside_a_busy_local_ray_fails_in_bounded_time_with_a_message
     assert (tmp_path / "out" / "pairs" / "_manifest.json").exists()
 
 
-def test_a_private_local_ray_beside_another_cluster_finishes_two_rounds_with_reference_previous(busy_ray, tmp_path):
-    import yaml
-
+def test_a_private_local_ray_beside_another_cluster_finishes_its_round(busy_ray, tmp_path):
+    """(Two rounds with --reference previous run in tests/test_online_job.py.)"""
     env, prompts = busy_ray
-    proc, _ = _online(tmp_path / "out", prompts, {**env, "RAY_ADDRESS": "local"}, 300,
-                      "--rounds", "2", "--reference", "previous")
+    proc, _ = _online(tmp_path / "out", prompts, {**env, "RAY_ADDRESS": "local"}, 300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ours = re.search(r"started a private local Ray at (\S+:\d+) \(logs under /tmp/vr-", proc.stderr)
     assert ours, proc.stderr[:3000]
@@ -71,13 +69,7 @@ def test_a_private_local_ray_beside_another_cluster_finishes_two_rounds_with_ref
     picked = re.findall(r"Connecting to latest cluster at (\S+:\d+)\.", proc.stderr)
     assert picked, "expected the workers' cluster lookup in the log (two clusters run on this machine)"
     assert set(picked) == {ours.group(1)}, (set(picked), ours.group(1))
-    rounds = tmp_path / "out" / "rounds"
-    assert (rounds / "round=002" / "summary.json").exists()
-    # round 1 trains against the base; round 2 against round 1's policy (and starts from it)
-    cfg1 = yaml.safe_load((rounds / "round=001" / "train" / "config.yaml").read_text())
-    cfg2 = yaml.safe_load((rounds / "round=002" / "train" / "config.yaml").read_text())
-    assert cfg1["reference_weights"] is None and cfg1["init_weights"] is None
-    assert cfg2["reference_weights"] == cfg2["init_weights"] == str(rounds / "round=001" / "train" / "final")
+    assert (tmp_path / "out" / "rounds" / "round=001" / "summary.json").exists()
 
 
 def test_init_ray_leaves_the_driver_environment_as_it_was(tmp_path):

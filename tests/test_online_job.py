@@ -1,6 +1,7 @@
 """The online Flow-DPO job on a `ray start --head` cluster: submitted with `ray job submit` (a generation actor
-dies on the way), then run as a plain driver that is SIGKILLed in round 2's generation and again in its
-training, and resumed: the pair store equals the uninterrupted run's row for row.
+dies on the way; round 2's reference is round 1's policy), then run as a plain driver that is SIGKILLed in
+round 2's generation and again in its training, and resumed: the pair store equals the uninterrupted run's row
+for row.
 
 (This module replaced the flow_dpo-only `ray job submit` test: the online job runs a Flow-DPO training round
 through the same run_flow_job under the submitted driver.)
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from ray_head import BIN, ray_head
 
 pytestmark = pytest.mark.integration
@@ -37,7 +39,8 @@ def cluster(tmp_path_factory):
 def _args(out: Path, prompts: str) -> list[str]:
     return ["jobs/online_dpo.py", "--output-dir", str(out), "--prompts", prompts, "--rounds", "2",
             "--samples-per-prompt", "2", "--steps-per-round", "2", "--batch-size", "1", "--sample-steps", "8",
-            "--eval-samples-per-prompt", "0", "--num-workers", "1"]  # 2 workers: test_beside_ray
+            "--eval-samples-per-prompt", "0", "--num-workers", "1",  # 2 workers: test_beside_ray
+            "--reference", "previous"]
 
 
 def _attempts(out: Path, round_: int) -> dict[int, int]:
@@ -92,6 +95,11 @@ def test_submitted_run_survives_an_actor_death_and_logs_its_rounds(submitted):
     assert r2["policy"].endswith("round=002/train/final")
     # round 2's training started from round 1's adapter and both are diffusers-loadable LoRA files
     assert (Path(r2["policy"]) / "pytorch_lora_weights.safetensors").is_file()
+    # --reference previous: round 2's reference is round 1's policy, the adapter it starts from
+    cfg1 = yaml.safe_load((out / "rounds" / "round=001" / "train" / "config.yaml").read_text())
+    cfg2 = yaml.safe_load((out / "rounds" / "round=002" / "train" / "config.yaml").read_text())
+    assert cfg1["reference_weights"] is None and cfg1["init_weights"] is None
+    assert cfg2["reference_weights"] == cfg2["init_weights"] == str(out / "rounds" / "round=001" / "train" / "final")
     train = json.loads((out / "rounds" / "round=002" / "train" / "summary.json").read_text())
     assert train["data_stats"]["videos_cached"] == train["data_stats"]["videos"]  # generated latents, no re-encode
 
