@@ -11,13 +11,6 @@ import pytest
 # handle-side metrics pusher of this process can be left pointing at an earlier Ray session ("owner is
 # unknown"), after which the controller never saw load and the autoscaling test did not scale up (CI).
 os.environ.setdefault("RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE", "0")
-# `make test` runs two test files at once on 2 cores, so two torch processes with 2 threads each share 2 cores.
-# libgomp's worker threads spin after each parallel region by default and then burn the CPU the other process
-# needs: a small training loop took 117 s per process side by side against 32 s alone, and 65 s with
-# OMP_WAIT_POLICY=PASSIVE (the ideal is 2 x 32). Alone, PASSIVE costs more (44 s), which is why only the test
-# suite sets it. Read when torch loads libgomp: set before any test imports torch; inherited by the jobs, the
-# local Rays and their workers that the tests start.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VIDEOALIGN_SHARED_DATA", ROOT.parent / "shared" / "data"))
