@@ -217,7 +217,8 @@ def encode_frames(vae, frames: np.ndarray) -> torch.Tensor:
 
     Uses the posterior mode (deterministic, cacheable) and Wan's per-channel ``(z - mean) / std``.
     """
-    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    # float32 copy in NumPy: frames from Ray Data / the object store are read-only (torch warns on those)
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)).permute(3, 0, 1, 2)[None] / 127.5 - 1.0
     device, dtype = _device_dtype(vae)
     z = vae.encode(x.to(device, dtype)).latent_dist.mode().float().cpu()
     mean, std = _latent_stats(vae)
