@@ -75,20 +75,27 @@ def test_eval_and_score_jobs(tmp_path, shared_data, clean_run):
     tq = preds[preds["label_MQ"] == 1]
     assert s["accuracy"]["acc_MQ"] == pytest.approx((tq["margin_MQ"] > 0).mean())
 
+    assert s["overall_label"] == "majority of VQ/MQ/TA"  # the table has no Overall column
+
     # A table with its own Overall column (VideoGen-RewardBench has one) is scored against that column: here
-    # the column is the opposite of the VQ/MQ/TA majority on every pair, so the accuracy flips.
+    # the column is the opposite of the VQ/MQ/TA majority on every pair, so the accuracy flips against the
+    # majority-derived label of the same pairs (computed from that run's own predictions, not another job run).
+    from videoalign_ray.reward.train_loop import accuracy_table
+
     example = shared_data / "videoalign-examples"
     table = pd.read_csv(example / "example.csv")
     for col in ("path_A", "path_B"):
         table[col] = [str((example / p).resolve()) for p in table[col]]
-    table.to_csv(tmp_path / "derived.csv", index=False)
     table.assign(Overall=["A", "B", "B"]).to_csv(tmp_path / "with_overall.csv", index=False)  # majority: B, A, A
-    runs = {name: run_eval_reward(validate_config(EvalRewardConfig, dict(
-        output_dir=str(tmp_path / f"ev_{name}"), checkpoint=trained["checkpoint"], data=str(tmp_path / f"{name}.csv"))))
-        for name in ("derived", "with_overall")}
-    assert runs["derived"]["overall_label"] == "majority of VQ/MQ/TA"
-    assert runs["with_overall"]["overall_label"] == "table column"
-    assert runs["with_overall"]["accuracy"]["acc_Overall"] == pytest.approx(1 - runs["derived"]["accuracy"]["acc_Overall"])
+    ov = run_eval_reward(validate_config(EvalRewardConfig, dict(
+        output_dir=str(tmp_path / "ev_overall"), checkpoint=trained["checkpoint"], data=str(tmp_path / "with_overall.csv"))))
+    assert ov["overall_label"] == "table column"
+    preds = pd.read_csv(tmp_path / "ev_overall" / "pair_predictions.csv")
+    assert preds["label_Overall"].tolist() == [1, -1, -1]
+    dims = ("VQ", "MQ", "TA")
+    derived = accuracy_table(preds[[f"raw_A_{d}" for d in dims]].to_numpy(), preds[[f"raw_B_{d}" for d in dims]].to_numpy(),
+                             preds[[f"label_{d}" for d in dims]].to_numpy())
+    assert ov["accuracy"]["acc_Overall"] == pytest.approx(1 - derived["acc_Overall"])
 
     (tmp_path / "vids").mkdir()
     for p in (shared_data / "odd-encodings" / "mediabunny").glob("*.mp4"):

@@ -70,23 +70,50 @@ def test_tensor_cache_round_trip_on_s3(s3_env):
 
 
 @pytest.mark.integration
-def test_flow_dpo_job_with_its_cache_on_s3(s3_env, tmp_path):
+def test_flow_dpo_job_with_its_cache_on_s3_and_a_broken_video(s3_env, tmp_path):
     """The Flow-DPO job (its own local Ray, whose workers inherit the AWS variables; one worker) encodes into an
-    S3 cache and its training workers read their latents back from there."""
+    S3 cache and its training workers read their latents back from there. Its table has one row whose chosen
+    video is not a video: that row is rejected with its row number, path and reason, and training goes on.
+    (One job run for both checks: each job start costs the suite about a minute of CPU.)"""
+    import pandas as pd
+
+    from videoalign_ray.synthetic.world import make_preference_dataset
+
+    csv_path = make_preference_dataset(tmp_path / "data", num_pairs=12, seed=1)
+    (tmp_path / "data" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    df = pd.read_csv(csv_path)
+    bad = df.iloc[0].copy()
+    bad["path_A"], bad["VQ"], bad["MQ"], bad["TA"] = "videos/broken.mp4", "A", "A", "A"
+    pd.concat([df, bad.to_frame().T], ignore_index=True).to_csv(tmp_path / "data" / "with_bad.csv", index=False)
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "jobs/flow_dpo.py", "--output-dir", str(out), "--cache-dir", f"s3://{BUCKET}/cache",
-         "--max-steps", "2", "--checkpoint-every", "2", "--num-samples", "0", "--num-workers", "1"],
+         "--data", str(tmp_path / "data" / "with_bad.csv"), "--max-steps", "3", "--checkpoint-every", "3",
+         "--num-samples", "0", "--num-workers", "1"],
         cwd=ROOT, env={**os.environ, **s3_env, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     stats = summary["data_stats"]
-    assert summary["steps"] == 2 and stats["videos_encoded"] == stats["videos"] > 0
+    assert summary["steps"] == 3 and stats["videos_failed"] == 1
+    assert stats["videos_encoded"] == stats["videos"] - 1 > 0
+    assert torch.isfinite(torch.tensor(summary["final_metrics"]["loss"]))
+
+    rejects = pd.read_csv(summary["rejects_csv"])
+    row = rejects[rejects["column"] == "chosen"]
+    assert len(row) == 1 and row.iloc[0]["row"] == len(df) + 1
+    assert "broken.mp4" in row.iloc[0]["value"] and "cannot open video" in row.iloc[0]["reason"]
+    assert summary["rejects"] == 1
+    # One worker reserves the private Ray's CPUs and runs torch on them (Ray's default: 1 CPU, 1 thread).
+    assert summary["final_metrics"]["time/torch_threads"] >= min(os.cpu_count() or 1, 2)
+    st = summary["startup_s"]
+    assert 0 <= st["ray"] <= st["data"] < st["first_step"], st
+    assert 0 < summary["final_metrics"]["time/mean_step_s"] < st["first_step"]
+
     keys = _keys("cache/")
-    # every video's latents and every prompt's embedding, and the key rows (the table and the one rank's
-    # file the worker read; the encode stage removed its input file), nothing written locally
+    # every decodable video's latents and every prompt's embedding, and the key rows (the table and the one
+    # rank's file the worker read; the encode stage removed its input file), nothing written locally
     tensors = [k for k in keys if k.endswith(".safetensors")]
-    assert len(tensors) == stats["videos"] + stats["prompts"], keys
+    assert len(tensors) == stats["videos_encoded"] + stats["prompts"], keys
     tables = sorted(k for k in keys if k.startswith("cache/keyrows/"))
     assert len(tables) == 2 and tables[0].endswith("-rank0of1.parquet") and len(keys) == len(tensors) + 2, keys
     assert not (out / "cache").exists()
