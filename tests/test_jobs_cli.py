@@ -49,6 +49,19 @@ def test_every_constrained_field_keeps_its_constraint(cls):
                 assert not missing, f"{cls.__name__}.{name} lost {missing} of {base.__name__}"
 
 
+@pytest.mark.parametrize("cls", _job_config_classes(), ids=lambda c: c.__name__)
+def test_help_lists_every_flag_with_its_text(cls, capsys):
+    """``--help`` prints every field's flag and description (a "%" in a description once made argparse raise)."""
+    with pytest.raises(SystemExit) as done:
+        resolve_config(cls, ["--help"])
+    assert done.value.code == 0
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps the lines, also at hyphens
+    for name, field in cls.model_fields.items():
+        assert "--" + name.replace("_", "-") in text, name
+        if field.description:
+            assert "".join(field.description.split()) in text, name
+
+
 @pytest.mark.parametrize("module, cls, argv", [
     ("pipelines.train_reward", "TrainRewardConfig", ["--checkpoint-every", "0"]),
     ("pipelines.train_reward", "TrainRewardConfig", ["--batch-size", "0"]),

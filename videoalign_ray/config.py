@@ -170,6 +170,10 @@ class TrainSection(JobConfig):
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept.")
     log_every: int = Field(1, ge=1, description="Steps between metric logs.")
     max_failures: int = Field(3, ge=-1, description="Worker-group restarts allowed (FailureConfig).")
+    storage_path: str | None = Field(
+        None, description="Where Ray Train writes checkpoints and its run snapshot, under <storage_path>/<run "
+        "name>: a path every node sees or a URI (s3://bucket/prefix, gs://...; credentials from the usual "
+        "variables). Default <output_dir>/ray_results. A rerun with the same value and run name resumes.")
     fit_timeout_s: float = Field(
         172800.0, gt=0, description="Seconds the Ray Train run may take in all (worker start, restarts, every "
         "step) before the job fails naming it; a rerun resumes from the last checkpoint.")
@@ -219,7 +223,9 @@ def build_parser(cls: type[JobConfig], description: str) -> argparse.ArgumentPar
     parser.add_argument("--config", type=Path, help="YAML file with any of the keys below (snake_case).")
     for name, field in cls.model_fields.items():
         conv, is_bool = _field_type(field.annotation)
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": field.description or ""}
+        # argparse %-formats help strings ("~30% more compute" made --help raise): escape the percent signs
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
+                                  "help": (field.description or "").replace("%", "%%")}
         if is_bool:
             kwargs.update(nargs="?", const=True, type=conv)
         else:
