@@ -1,5 +1,6 @@
 """The tensor cache on S3: a local S3-compatible server (moto's server mode, a real HTTP endpoint in its own
-process), the cache class against it, and the Flow-DPO job with ``--cache-dir s3://...``."""
+process), the cache class against it, and the Flow-DPO job with ``--cache-dir s3://...`` and its Ray Train
+checkpoints at ``--storage-path s3://...``."""
 
 import json
 import os
@@ -70,11 +71,13 @@ def test_tensor_cache_round_trip_on_s3(s3_env):
 
 
 @pytest.mark.integration
-def test_flow_dpo_job_with_its_cache_on_s3_and_a_broken_video(s3_env, tmp_path):
+def test_flow_dpo_job_with_its_cache_and_checkpoints_on_s3_and_a_broken_video(s3_env, tmp_path):
     """The Flow-DPO job (its own local Ray, whose workers inherit the AWS variables; one worker) encodes into an
-    S3 cache and its training workers read their latents back from there. Its table has one row whose chosen
-    video is not a video: that row is rejected with its row number, path and reason, and training goes on.
-    (One job run for both checks: each job start costs the suite about a minute of CPU.)"""
+    S3 cache, its training workers read their latents back from there, and Ray Train writes its checkpoints to
+    ``--storage-path s3://...``; the same command with more steps resumes from the checkpoint in the bucket.
+    Its table has one row whose chosen video is not a video: that row is rejected with its row number, path and
+    reason, and training goes on. (One job run for these checks: each job start costs the suite about a minute
+    of CPU.)"""
     import pandas as pd
 
     from videoalign_ray.synthetic.world import make_preference_dataset
@@ -86,12 +89,17 @@ def test_flow_dpo_job_with_its_cache_on_s3_and_a_broken_video(s3_env, tmp_path):
     bad["path_A"], bad["VQ"], bad["MQ"], bad["TA"] = "videos/broken.mp4", "A", "A", "A"
     pd.concat([df, bad.to_frame().T], ignore_index=True).to_csv(tmp_path / "data" / "with_bad.csv", index=False)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "jobs/flow_dpo.py", "--output-dir", str(out), "--cache-dir", f"s3://{BUCKET}/cache",
-         "--data", str(tmp_path / "data" / "with_bad.csv"), "--max-steps", "3", "--checkpoint-every", "3",
-         "--num-samples", "0", "--num-workers", "1"],
-        cwd=ROOT, env={**os.environ, **s3_env, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def job(steps: int) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "jobs/flow_dpo.py", "--output-dir", str(out), "--cache-dir", f"s3://{BUCKET}/cache",
+             "--storage-path", f"s3://{BUCKET}/ckpt", "--data", str(tmp_path / "data" / "with_bad.csv"),
+             "--max-steps", str(steps), "--checkpoint-every", "3", "--num-samples", "0", "--num-workers", "1"],
+            cwd=ROOT, env={**os.environ, **s3_env, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    job(3)
     summary = json.loads((out / "summary.json").read_text())
     stats = summary["data_stats"]
     assert summary["steps"] == 3 and stats["videos_failed"] == 1
@@ -117,6 +125,17 @@ def test_flow_dpo_job_with_its_cache_on_s3_and_a_broken_video(s3_env, tmp_path):
     tables = sorted(k for k in keys if k.startswith("cache/keyrows/"))
     assert len(tables) == 2 and tables[0].endswith("-rank0of1.parquet") and len(keys) == len(tensors) + 2, keys
     assert not (out / "cache").exists()
+
+    # Ray Train's checkpoint (the adapter and DeepSpeed's state) and run snapshot are in the bucket, under
+    # <storage-path>/<run name>, and nothing of them locally; the final adapter was exported from there.
+    ckpt = _keys("ckpt/run/")
+    assert "ckpt/run/checkpoint_manager_snapshot.json" in ckpt, ckpt
+    assert any(k.startswith("ckpt/run/checkpoint_") and k.endswith(".safetensors") for k in ckpt), ckpt
+    assert not (out / "ray_results").exists()
+    assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    again = job(4)
+    assert "resumed from checkpoint at step 3" in again.stderr, again.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
 
 
 def test_a_stage_input_file_is_written_and_removed_on_s3(s3_env):

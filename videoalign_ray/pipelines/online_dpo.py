@@ -66,6 +66,8 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     group_timeout_s: float = Field(1800.0, gt=0, description="Seconds one prompt group may take to generate.")
     train_timeout_s: float = Field(3600.0, gt=0, description="Seconds one round's Flow-DPO training (Ray Train "
                                    "fit: worker start, restarts, steps) may take before the job fails naming it.")
+    storage_path: str | None = Field(None, description="Ray Train checkpoints of every round, under "
+                                     "<storage_path>/round-NNN (a shared path or s3://...); default in the round's folder.")
     generator_replacements: int = Field(2, ge=0, description="Dead generation actors replaced (and their "
                                         "groups sent again) before the job fails.")
     fail_generator_on: str | None = Field(None, description="Fault injection for tests: 'ROUND,PROMPT' kills "

@@ -233,7 +233,7 @@ class RoundRunner:
             beta=cfg.beta, lora_rank=cfg.lora_rank, seed=cfg.seed + r, checkpoint_every=max(1, cfg.steps_per_round // 2),
             num_samples=0, cache_dir=str(self.out / "cache"), mlflow_tracking_uri=self.job.tracking_uri,
             mlflow_experiment=cfg.mlflow_experiment, run_name=f"round-{r:03d}", log_level=cfg.log_level,
-            init_weights=str(init) if init else None, fit_timeout_s=cfg.train_timeout_s,
+            init_weights=str(init) if init else None, fit_timeout_s=cfg.train_timeout_s, storage_path=cfg.storage_path,
             reference_weights=str(init) if init and cfg.reference == "previous" else None)
         return validate_config(FlowDPOConfig, values)
 

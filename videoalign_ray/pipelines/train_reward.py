@@ -138,7 +138,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=cfg.run_name or out.name, max_failures=cfg.max_failures,
         num_to_keep=cfg.num_to_keep, extra_datasets={"val": val_rows.shard()},
-        cpus_per_worker=cfg.cpus_per_worker,
+        cpus_per_worker=cfg.cpus_per_worker, storage_path=cfg.storage_path,
     )
     result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"VideoReward training {out.name!r}")
     if result.checkpoint is None:

@@ -143,10 +143,11 @@ def resolve_cpus_per_worker(configured: int | None, num_workers: int, use_gpu: b
 
 def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers: int, use_gpu: bool, out: Path,
                  run_name: str, max_failures: int, num_to_keep: int, extra_datasets: dict | None = None,
-                 cpus_per_worker: int | None = None):
+                 cpus_per_worker: int | None = None, storage_path: str | None = None):
     """A TorchTrainer whose worker r reads ``shard_r`` (and every worker the ``extra_datasets``; Ray Datasets,
     or ``runtime.key_table.KeyTableShard`` files that the workers read themselves), with
-    checkpoints and the run snapshot under ``<out>/ray_results/<run_name>`` (re-running resumes). Each worker
+    checkpoints and the run snapshot under ``<storage_path>/<run_name>`` (a path or a URI that Ray Train's
+    pyarrow filesystems read, e.g. ``s3://bucket/prefix``; default ``<out>/ray_results``; re-running resumes). Each worker
     reserves ``cpus_per_worker`` CPUs (None: :func:`resolve_cpus_per_worker`'s default) and one GPU with
     ``use_gpu``; ``runtime.driver.run_steps`` sets its torch threads to them."""
     from ray.data import ExecutionOptions
@@ -170,7 +171,7 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(out / "ray_results"),
+            storage_path=storage_path or str(out / "ray_results"),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
         ),
