@@ -32,6 +32,9 @@ def _running_cluster() -> tuple[str | None, str]:
     return (found, "the latest `ray start` on this machine") if found else (None, "")
 
 
+PREEMPTION_FLAG = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train V2's switch for its preemption watcher
+
+
 def init_ray() -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``), else the latest ``ray start`` on this
     machine (Ray's own rule), else start a private local Ray; log which one and what it has free, so a job that
@@ -41,7 +44,8 @@ def init_ray() -> None:
     own address file. Without it, Ray-internal code in its workers that looks a cluster up by "the latest
     ``ray start`` on this machine" (Ray Train's placement-group cleaner uses the state API that way) finds any
     cluster someone starts beside it later, decides the run's controller is gone and tears the run down
-    (reproduced: a 3-round online run crashed in round 2 when a test ran ``ray start``).
+    (reproduced: a 3-round online run crashed in round 2 when a test ran ``ray start``). Its processes also get
+    ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`` unless the user set it: one machine has no node to drain.
     """
     import ray
 
@@ -52,12 +56,16 @@ def init_ray() -> None:
             # Ray's processes (and the workers its raylet spawns) copy the environment at this ray.init; the
             # driver's own environment is restored after it, so a later ray.init in this process (tests) is not
             # pointed at this cluster's address file.
-            saved = {k: os.environ.pop(k, None) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
-            os.environ["RAY_TMPDIR"] = private  # RAY_ADDRESS (maybe "local") is not inherited: they read the file
+            # One machine has no node to be preempted: Ray Train's preemption watcher (an actor per fit, ~2.5
+            # CPU-s of start-up) is turned off in this cluster unless the user set the flag.
+            local_env = {"RAY_TMPDIR": private, PREEMPTION_FLAG: os.environ.get(PREEMPTION_FLAG, "0")}
+            saved = {k: os.environ.pop(k, None) for k in (*local_env, "RAY_ADDRESS")}
+            os.environ.update(local_env)  # RAY_ADDRESS (maybe "local") is not inherited: they read the file
             try:
                 ray.init(address="local", logging_level="WARNING", log_to_driver=True)
             finally:
-                os.environ.pop("RAY_TMPDIR", None)
+                for k in local_env:
+                    os.environ.pop(k, None)
                 os.environ.update({k: v for k, v in saved.items() if v is not None})
             gcs = ray.get_runtime_context().gcs_address
             Path(private, "ray").mkdir(parents=True, exist_ok=True)
