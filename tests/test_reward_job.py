@@ -23,16 +23,16 @@ def _train(out: Path, **kw):
 
 
 def test_videoreward_learns_quality_on_held_out_prompts(tmp_path):
-    """Learning, not just running: 250 steps of 16 pairs (256 pairs of the train prompts) lift accuracy without
-    ties on the held-out prompts well above chance (0.5) for VQ and MQ. (TA needs the full default run; README.)
-    Measured alone on the 2-core machine (2026-11-23): held-out VQ 0.961 / 0.978 / 0.979 and MQ 1.000 / 0.915 /
-    0.981 for seeds 0 / 1 / 2 in 288-310 s. Batch 8 was on the edge at 250 steps (VQ 0.61 / 0.72 / 0.75) and
-    needed 500 (VQ 0.92, seed 0 only, 321 s); batch 32 for 125 steps gave VQ 0.88 in 323 s."""
-    s = _train(tmp_path / "learn", max_steps=250, checkpoint_every=250, train_pairs=256, val_pairs=64,
-               batch_size=16, warmup_steps=12, log_every=50, seed=0)
+    """Learning, not just running: 100 steps of 2 workers x 16 pairs (256 pairs of the train prompts) lift
+    accuracy without ties on the held-out prompts well above chance (0.5) for MQ and VQ. (TA needs the full
+    default run; docs/experiments.md.) Measured alone on the 2-core machine (2026-11-23), seeds 0 / 1 / 2:
+    held-out MQ 1.000 / 1.000 / 0.962, VQ 0.726 / 0.761 / 0.792 in 162-165 s. 250 steps (this test until
+    then) reached VQ 0.961 / 0.978 / 0.979 in 288-310 s; VQ is learned later than MQ, so its bar here is lower."""
+    s = _train(tmp_path / "learn", max_steps=100, checkpoint_every=100, train_pairs=256, val_pairs=64,
+               batch_size=16, warmup_steps=6, log_every=50, seed=0)
     acc = s["val_accuracy"]
-    assert acc["acc_VQ"] >= 0.85, acc
-    assert acc["acc_MQ"] >= 0.70, acc
+    assert acc["acc_MQ"] >= 0.85, acc
+    assert acc["acc_VQ"] >= 0.65, acc
 
 
 @pytest.fixture(scope="module")
