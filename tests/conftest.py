@@ -42,17 +42,10 @@ def local_ray():
     auto_init_hook.enable_auto_connect = False
     if ray.is_initialized():
         ray.shutdown()
-    from videoalign_ray.runtime.launch import PREEMPTION_FLAG
+    from videoalign_ray.runtime.launch import single_machine_env
 
-    saved = os.environ.get(PREEMPTION_FLAG)
-    os.environ[PREEMPTION_FLAG] = "0"  # as in the jobs' private local Ray (runtime/launch.init_ray)
-    try:
+    with single_machine_env():  # as the jobs' private local Ray (runtime/launch.init_ray)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    finally:
-        if saved is None:
-            os.environ.pop(PREEMPTION_FLAG)
-        else:
-            os.environ[PREEMPTION_FLAG] = saved
     yield
     ray.shutdown()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -9,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from videoalign_ray.errors import DataError
@@ -35,6 +36,26 @@ def _running_cluster() -> tuple[str | None, str]:
 PREEMPTION_FLAG = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train V2's switch for its preemption watcher
 
 
+@contextlib.contextmanager
+def single_machine_env(ray_tmpdir: str | None = None) -> Iterator[None]:
+    """The environment a Ray started inside the block (``ray.init`` of a new local cluster) gives its processes:
+    ``RAY_TMPDIR=ray_tmpdir`` when given, ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`` unless the user set it (one
+    machine has no node to drain; Ray Train starts the watcher as one more actor per fit, ~2.65 CPU-s), and no
+    ``RAY_ADDRESS`` (which they would not inherit anyway: they read the address file). The driver's own
+    environment is restored on exit, so a later ``ray.init`` in this process is not pointed at this cluster."""
+    values = {PREEMPTION_FLAG: os.environ.get(PREEMPTION_FLAG, "0")}
+    if ray_tmpdir:
+        values["RAY_TMPDIR"] = ray_tmpdir
+    saved = {k: os.environ.pop(k, None) for k in (*values, "RAY_ADDRESS")}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k in values:
+            os.environ.pop(k, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
 def init_ray() -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``), else the latest ``ray start`` on this
     machine (Ray's own rule), else start a private local Ray; log which one and what it has free, so a job that
@@ -53,20 +74,9 @@ def init_ray() -> None:
         address, source = _running_cluster()
         if address is None:
             private = tempfile.mkdtemp(prefix="vr-", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: socket paths
-            # Ray's processes (and the workers its raylet spawns) copy the environment at this ray.init; the
-            # driver's own environment is restored after it, so a later ray.init in this process (tests) is not
-            # pointed at this cluster's address file.
-            # One machine has no node to be preempted: Ray Train's preemption watcher (an actor per fit, ~2.5
-            # CPU-s of start-up) is turned off in this cluster unless the user set the flag.
-            local_env = {"RAY_TMPDIR": private, PREEMPTION_FLAG: os.environ.get(PREEMPTION_FLAG, "0")}
-            saved = {k: os.environ.pop(k, None) for k in (*local_env, "RAY_ADDRESS")}
-            os.environ.update(local_env)  # RAY_ADDRESS (maybe "local") is not inherited: they read the file
-            try:
+            # Ray's processes (and the workers its raylet spawns) copy the environment at this ray.init
+            with single_machine_env(private):
                 ray.init(address="local", logging_level="WARNING", log_to_driver=True)
-            finally:
-                for k in local_env:
-                    os.environ.pop(k, None)
-                os.environ.update({k: v for k, v in saved.items() if v is not None})
             gcs = ray.get_runtime_context().gcs_address
             Path(private, "ray").mkdir(parents=True, exist_ok=True)
             Path(private, "ray", "ray_current_cluster").write_text(gcs)
