@@ -1,9 +1,10 @@
-"""The tensor cache on S3: a local S3-compatible server (moto's server mode, a real HTTP endpoint in its own
-process), the cache class against it, and the Flow-DPO job with ``--cache-dir s3://...`` and its Ray Train
-checkpoints at ``--storage-path s3://...``."""
+"""Storage on S3: a local S3-compatible server (moto's server mode, a real HTTP endpoint in its own process),
+the tensor cache and the output mirror against it, and the Flow-DPO job with ``--output-dir s3://...`` (its
+cache, Ray Train checkpoints and outputs in the bucket)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,13 +72,17 @@ def test_tensor_cache_round_trip_on_s3(s3_env):
 
 
 @pytest.mark.integration
-def test_flow_dpo_job_with_its_cache_and_checkpoints_on_s3_and_a_broken_video(s3_env, tmp_path):
-    """The Flow-DPO job (its own local Ray, whose workers inherit the AWS variables; one worker) encodes into an
-    S3 cache, its training workers read their latents back from there, and Ray Train writes its checkpoints to
-    ``--storage-path s3://...``; the same command with more steps resumes from the checkpoint in the bucket.
-    Its table has one row whose chosen video is not a video: that row is rejected with its row number, path and
-    reason, and training goes on. (One job run for these checks: each job start costs the suite about a minute
-    of CPU.)"""
+def test_flow_dpo_job_with_its_output_on_s3_resumed_on_another_machine_and_a_broken_video(s3_env, tmp_path):
+    """The Flow-DPO job with ``--output-dir s3://.../run`` (its own local Ray, whose workers inherit the AWS
+    variables; one worker): it encodes into ``<URI>/cache``, its training workers read their latents back from
+    there, Ray Train writes its checkpoints to ``<URI>/ray_results``, and the rest (summary, rejects, the final
+    adapter, the MLflow store) is pushed from the driver's local mirror. The same command with more steps, with the
+    local mirror gone (another machine), pulls the mirror and resumes from the checkpoint in the bucket and
+    the same MLflow run. Its table has one row whose chosen video is not a video: that row is rejected with its
+    row number, path and reason, and training goes on. (One job run for these checks: each job start costs the
+    suite about a minute of CPU.)"""
+    import io
+
     import pandas as pd
 
     from videoalign_ray.synthetic.world import make_preference_dataset
@@ -88,25 +93,27 @@ def test_flow_dpo_job_with_its_cache_and_checkpoints_on_s3_and_a_broken_video(s3
     bad = df.iloc[0].copy()
     bad["path_A"], bad["VQ"], bad["MQ"], bad["TA"] = "videos/broken.mp4", "A", "A", "A"
     pd.concat([df, bad.to_frame().T], ignore_index=True).to_csv(tmp_path / "data" / "with_bad.csv", index=False)
-    out = tmp_path / "run"
+    uri = f"s3://{BUCKET}/run"
 
     def job(steps: int) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            [sys.executable, "jobs/flow_dpo.py", "--output-dir", str(out), "--cache-dir", f"s3://{BUCKET}/cache",
-             "--storage-path", f"s3://{BUCKET}/ckpt", "--data", str(tmp_path / "data" / "with_bad.csv"),
+            [sys.executable, "jobs/flow_dpo.py", "--output-dir", uri, "--data", str(tmp_path / "data" / "with_bad.csv"),
              "--max-steps", str(steps), "--checkpoint-every", "3", "--num-samples", "0", "--num-workers", "1"],
-            cwd=ROOT, env={**os.environ, **s3_env, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
+            cwd=ROOT, env={**os.environ, **s3_env, "RAY_ADDRESS": "local",
+                           "VIDEOALIGN_STAGING_DIR": str(tmp_path / "staging")},
+            capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
     job(3)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(_read("run/summary.json"))
     stats = summary["data_stats"]
     assert summary["steps"] == 3 and stats["videos_failed"] == 1
     assert stats["videos_encoded"] == stats["videos"] - 1 > 0
     assert torch.isfinite(torch.tensor(summary["final_metrics"]["loss"]))
 
-    rejects = pd.read_csv(summary["rejects_csv"])
+    assert summary["rejects_csv"] == f"{uri}/rejects.csv" and summary["checkpoint"] == f"{uri}/final"
+    rejects = pd.read_csv(io.BytesIO(_read("run/rejects.csv")))
     row = rejects[rejects["column"] == "chosen"]
     assert len(row) == 1 and row.iloc[0]["row"] == len(df) + 1
     assert "broken.mp4" in row.iloc[0]["value"] and "cannot open video" in row.iloc[0]["reason"]
@@ -117,25 +124,30 @@ def test_flow_dpo_job_with_its_cache_and_checkpoints_on_s3_and_a_broken_video(s3
     assert 0 <= st["ray"] <= st["data"] < st["first_step"], st
     assert 0 < summary["final_metrics"]["time/mean_step_s"] < st["first_step"]
 
-    keys = _keys("cache/")
+    keys = _keys("run/cache/")
     # every decodable video's latents and every prompt's embedding, and the key rows (the table and the one
     # rank's file the worker read; the encode stage removed its input file), nothing written locally
     tensors = [k for k in keys if k.endswith(".safetensors")]
     assert len(tensors) == stats["videos_encoded"] + stats["prompts"], keys
-    tables = sorted(k for k in keys if k.startswith("cache/keyrows/"))
+    tables = sorted(k for k in keys if k.startswith("run/cache/keyrows/"))
     assert len(tables) == 2 and tables[0].endswith("-rank0of1.parquet") and len(keys) == len(tensors) + 2, keys
-    assert not (out / "cache").exists()
+    mirror = next((tmp_path / "staging").glob("*/run"))
+    assert not (mirror / "cache").exists() and not (mirror / "ray_results").exists()
 
     # Ray Train's checkpoint (the adapter and DeepSpeed's state) and run snapshot are in the bucket, under
-    # <storage-path>/<run name>, and nothing of them locally; the final adapter was exported from there.
-    ckpt = _keys("ckpt/run/")
-    assert "ckpt/run/checkpoint_manager_snapshot.json" in ckpt, ckpt
-    assert any(k.startswith("ckpt/run/checkpoint_") and k.endswith(".safetensors") for k in ckpt), ckpt
-    assert not (out / "ray_results").exists()
-    assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    # <URI>/ray_results/<run name>; the final adapter was exported from there and pushed with the mirror.
+    ckpt = _keys("run/ray_results/run/")
+    assert "run/ray_results/run/checkpoint_manager_snapshot.json" in ckpt, ckpt
+    assert any(k.startswith("run/ray_results/run/checkpoint_") and k.endswith(".safetensors") for k in ckpt), ckpt
+    assert "run/final/adapter/adapter_model.safetensors" in _keys("run/final/")
+    assert {"run/config.yaml", "run/mlflow.db", "run/mlflow_run.json"} <= set(_keys("run/"))
+
+    shutil.rmtree(tmp_path / "staging")  # a fresh machine (the same image: the same staging root)
     again = job(4)
     assert "resumed from checkpoint at step 3" in again.stderr, again.stderr[-3000:]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    resumed = json.loads(_read("run/summary.json"))
+    assert resumed["steps"] == 4 and resumed["resumed_mlflow_run"] is True
+    assert resumed["mlflow_run_id"] == summary["mlflow_run_id"]
 
 
 def test_a_stage_input_file_is_written_and_removed_on_s3(s3_env):
@@ -151,3 +163,72 @@ def test_a_stage_input_file_is_written_and_removed_on_s3(s3_env):
     remove_key_table(first)
     remove_key_table(first)  # already gone: fine
     assert _keys("stage/keyrows/") == [second[len(f"s3://{BUCKET}/"):]]
+
+
+def _read(key: str) -> bytes:
+    import boto3
+
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def test_output_mirror_pushes_pulls_and_deletes_on_s3(s3_env, tmp_path):
+    """The local mirror of an output URI: push uploads new and changed files (not the folders written to the
+    URI directly, not temp files), removes what was removed locally, and a second machine's pull gets the same
+    files; an unchanged file is not copied again either way."""
+    from videoalign_ray.runtime.output_mirror import OutputMirror
+
+    uri = f"s3://{BUCKET}/mirror/run"
+    a = tmp_path / "a"
+    for rel, text in {"summary.json": "{}", "final/adapter.safetensors": "w1", "final/old.txt": "x",
+                      "cache/ab/k.safetensors": "latents", ".summary.json.1.tmp": "partial"}.items():
+        (a / rel).parent.mkdir(parents=True, exist_ok=True)
+        (a / rel).write_text(text)
+    first = OutputMirror(uri, a, skip={"cache"})
+    assert first.push() == {"uploaded": 2 + 1, "deleted": 0, "bytes": 2 + 2 + 1}
+    assert sorted(_keys("mirror/")) == ["mirror/run/final/adapter.safetensors", "mirror/run/final/old.txt",
+                                         "mirror/run/summary.json"]
+    assert first.push()["uploaded"] == 0  # nothing changed
+    (a / "final" / "old.txt").unlink()
+    (a / "final" / "adapter.safetensors").write_text("w2")
+    assert first.push() == {"uploaded": 1, "deleted": 1, "bytes": 2}
+    assert _read("mirror/run/final/adapter.safetensors") == b"w2" and "mirror/run/final/old.txt" not in _keys("mirror/")
+
+    b = tmp_path / "b"  # another machine
+    second = OutputMirror(uri, b, skip={"cache"})
+    assert second.pull() == 2
+    assert (b / "final" / "adapter.safetensors").read_text() == "w2" and (b / "summary.json").read_text() == "{}"
+    assert second.pull() == 0 and second.push()["uploaded"] == 0
+
+
+def test_mirrored_output_points_cache_and_checkpoints_at_the_uri_and_pushes_after_a_failure(s3_env, tmp_path,
+                                                                                           monkeypatch):
+    from videoalign_ray.errors import ConfigError
+    from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig
+    from videoalign_ray.runtime.job import job_run
+    from videoalign_ray.runtime.output_mirror import mirrored_output
+
+    monkeypatch.setenv("VIDEOALIGN_STAGING_DIR", str(tmp_path / "staging"))
+    uri = f"s3://{BUCKET}/wrapped/dpo1"
+    cfg = FlowDPOConfig(output_dir=uri + "/")
+    with pytest.raises(ConfigError, match="is a URI"):
+        with job_run(cfg, track=False):
+            pass
+    with mirrored_output(cfg) as (local_cfg, publish):
+        local = Path(local_cfg.output_dir)
+        assert local.name == "dpo1" and local.is_relative_to(tmp_path / "staging")  # same run name everywhere
+        assert (local_cfg.cache_dir, local_cfg.storage_path) == (uri + "/cache", uri + "/ray_results")
+        (local / "final").mkdir(parents=True)
+        (local / "final" / "w.safetensors").write_text("w")
+        summary = publish({"checkpoint": str(local / "final"), "steps": 3, "files": [str(local / "rejects.csv")],
+                           "mlflow_tracking_uri": f"sqlite:///{local}/mlflow.db"})
+    assert summary["checkpoint"] == uri + "/final" and summary["files"] == [uri + "/rejects.csv"]
+    assert summary["mlflow_tracking_uri"] == f"sqlite:///{local}/mlflow.db"  # the store is on this machine
+    assert json.loads(_read("wrapped/dpo1/summary.json")) == summary
+    assert "wrapped/dpo1/final/w.safetensors" in _keys("wrapped/")
+
+    explicit = FlowDPOConfig(output_dir=uri, cache_dir="/shared/cache")
+    with pytest.raises(RuntimeError, match="boom"), mirrored_output(explicit) as (local_cfg, _):
+        assert local_cfg.cache_dir == "/shared/cache" and local_cfg.storage_path == uri + "/ray_results"
+        (Path(local_cfg.output_dir) / "rejects.csv").write_text("row,reason\n")
+        raise RuntimeError("boom")
+    assert _read("wrapped/dpo1/rejects.csv") == b"row,reason\n"  # pushed although the job failed

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from videoalign_ray.config import JobConfig, resolve_config
 from videoalign_ray.errors import UserInputError
+from videoalign_ray.runtime.output_mirror import mirrored_output
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -41,8 +42,9 @@ def main_for(cls: type[JobConfig], run: Callable[[JobConfig], dict], description
     try:
         cfg = resolve_config(cls, argv, description or "")
         configure_logging(cfg.log_level)
-        summary = run(cfg)
-        _shutdown_ray()  # flush the workers' log lines before the summary, so the summary prints last
+        with mirrored_output(cfg) as (job_cfg, publish):
+            summary = publish(run(job_cfg))
+            _shutdown_ray()  # flush the workers' log lines before the summary, so the summary prints last
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _shutdown_ray()

@@ -58,7 +58,9 @@ class JobConfig(BaseModel):
 class RuntimeSection(JobConfig):
     """Where a job writes, how it is seeded and tracked."""
 
-    output_dir: str = Field("outputs/run", description="Folder for checkpoints, caches, rejects and the MLflow store.")
+    output_dir: str = Field("outputs/run", description="Folder for checkpoints, caches, rejects and the MLflow store; "
+                            "or a URI (s3://bucket/run): the job works in a local mirror pushed there at the end, "
+                            "cache and checkpoints go to <URI>/cache and <URI>/ray_results directly.")
     run_name: str | None = Field(None, description="Ray Train run name; default: the output folder's name.")
     seed: int = Field(0, description="Seed for model init, data order, noise and timesteps.")
     mlflow_tracking_uri: str | None = Field(

@@ -74,9 +74,17 @@ def job_run(cfg, *, track: bool = True, resume_tracking: bool = True, start_ray:
     error if the block raises.
 
     ``cfg``: a config with the :class:`~videoalign_ray.config.RuntimeSection` keys.
+
+    Raises:
+        ConfigError: ``cfg.output_dir`` is a URI (the entry points mirror it to a local folder first).
     """
+    from videoalign_ray.errors import ConfigError
+    from videoalign_ray.runtime.fileio import is_uri
     from videoalign_ray.runtime.tracking import Tracker, default_tracking_uri
 
+    if is_uri(cfg.output_dir):
+        raise ConfigError(f"output_dir {cfg.output_dir!r} is a URI: run the job inside "
+                          "videoalign_ray.runtime.output_mirror.mirrored_output(cfg), as jobs/*.py do")
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
