@@ -226,6 +226,10 @@ def test_mirrored_output_points_cache_and_checkpoints_at_the_uri_and_pushes_afte
     assert json.loads(_read("wrapped/dpo1/summary.json")) == summary
     assert "wrapped/dpo1/final/w.safetensors" in _keys("wrapped/")
 
+    with pytest.raises(ConfigError, match="no-such-bucket/x: cannot write and read it"), \
+            mirrored_output(FlowDPOConfig(output_dir="s3://no-such-bucket/x")):
+        pass
+
     explicit = FlowDPOConfig(output_dir=uri, cache_dir="/shared/cache")
     with pytest.raises(RuntimeError, match="boom"), mirrored_output(explicit) as (local_cfg, _):
         assert local_cfg.cache_dir == "/shared/cache" and local_cfg.storage_path == uri + "/ray_results"

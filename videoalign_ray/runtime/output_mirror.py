@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from videoalign_ray.errors import ConfigError
 from videoalign_ray.runtime.fileio import atomic_path, is_uri, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,14 @@ class OutputMirror:
     def _keep(self, rel: str) -> bool:
         name = rel.rsplit("/", 1)[-1]
         return rel.split("/", 1)[0] not in self.skip and not (name.startswith(".") and name.endswith(".tmp"))
+
+    def probe(self) -> None:
+        """Write and delete a marker object under the URI, so a missing bucket or read-only credentials fail
+        before the job's work rather than at its final push."""
+        marker = f"{self._base}/.videoalign-probe.tmp"
+        with self._fs.open_output_stream(marker) as f:
+            f.write(b"probe")
+        self._fs.delete_file(marker)
 
     def pull(self) -> int:
         """Copy every remote file that is missing locally or newer than the local copy; returns the count."""
@@ -150,6 +159,9 @@ def mirrored_output(cfg) -> Iterator[tuple[Any, Callable[[dict], dict]]]:
 
     A push that fails after a failed job is logged, not raised (the job's own error is the one to see); after a
     successful job it raises.
+
+    Raises:
+        ConfigError: the URI cannot be written or read (no such bucket, credentials, endpoint), before any work.
     """
     if not is_uri(cfg.output_dir):
         yield cfg, _identity
@@ -159,8 +171,13 @@ def mirrored_output(cfg) -> Iterator[tuple[Any, Callable[[dict], dict]]]:
     fields = type(cfg).model_fields
     direct = {k: f"{uri}/{sub}" for k, sub in DIRECT.items() if k in fields and getattr(cfg, k) is None}
     skip = {DIRECT[k] for k in direct}
-    mirror = OutputMirror(uri, local, skip)
-    log.info("output %s: local mirror %s; pulled %d file(s)", uri, local, mirror.pull())
+    try:
+        mirror = OutputMirror(uri, local, skip)
+        mirror.probe()
+        pulled = mirror.pull()
+    except OSError as exc:  # pyarrow's errors for a missing bucket, bad credentials, an unreachable endpoint
+        raise ConfigError(f"output_dir {uri}: cannot write and read it ({exc})") from exc
+    log.info("output %s: local mirror %s; pulled %d file(s)", uri, local, pulled)
 
     def publish(summary: dict) -> dict:
         summary = to_uri({**summary, "output_uri": uri}, local, uri)
