@@ -53,7 +53,7 @@ def local_ray():
 # The longest test files (seconds on the 2-core CI machine), run first: with two pytest-xdist workers taking
 # one file at a time, a long file picked up last would leave the other worker idle at the end.
 SLOW_FILES = ["test_online_job.py", "test_reward_job.py", "test_flow_job.py", "test_align_proof.py",
-              "test_beside_ray.py", "test_nrg_jobs.py", "test_multinode.py"]
+              "test_nrg_jobs.py", "test_multinode.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,8 @@
 """The online Flow-DPO job on a `ray start --head` cluster: submitted with `ray job submit` (a generation actor
 dies on the way; round 2's reference is round 1's policy), then run as a plain driver that is SIGKILLed in
 round 2's generation and again in its training, and resumed: the pair store equals the uninterrupted run's row
-for row.
+for row, the rerun in a private local Ray beside that cluster; and a job that joins the cluster but cannot
+place its training workers fails in bounded time with a message (issue 11: never wait silently).
 
 (This module replaced the flow_dpo-only `ray job submit` test: the online job runs a Flow-DPO training round
 through the same run_flow_job under the submitted driver.)
@@ -9,6 +10,7 @@ through the same run_flow_job under the submitted driver.)
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +41,7 @@ def cluster(tmp_path_factory):
 def _args(out: Path, prompts: str) -> list[str]:
     return ["jobs/online_dpo.py", "--output-dir", str(out), "--prompts", prompts, "--rounds", "2",
             "--samples-per-prompt", "2", "--steps-per-round", "2", "--batch-size", "1", "--sample-steps", "8",
-            "--eval-samples-per-prompt", "0", "--num-workers", "1",  # 2 workers: test_beside_ray
+            "--eval-samples-per-prompt", "0", "--num-workers", "1",  # 3 (unplaceable): the last test
             "--reference", "previous"]
 
 
@@ -140,12 +142,47 @@ def test_driver_killed_in_generation_then_in_training_resumes_to_the_same_pairs(
     _run_until(cluster, out, lambda: any(ckpts.glob("*/checkpoint_*")), "a round-2 training checkpoint")
     assert not (out / "rounds" / "round=002" / "summary.json").exists()
 
-    env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
+    # The rerun starts a private local Ray (RAY_ADDRESS=local) beside the cluster the killed drivers used: what
+    # is reused lives in the output folder, not in a cluster. Ray-internal lookups in its workers (Ray Train's
+    # placement-group cleaner asks the state API whether the controller lives) see two GCS processes on this
+    # machine and must pick the job's own cluster, not the other (a bug once: the cleaner joined the other one).
+    env = {**cluster["env"], "RAY_ADDRESS": "local"}
     proc = subprocess.run([sys.executable, *_args(out, cluster["prompts"])], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    ours = re.search(r"started a private local Ray at (\S+:\d+) \(logs under /tmp/vr-", proc.stderr)
+    assert ours, proc.stderr[:3000]
+    picked = re.findall(r"Connecting to latest cluster at (\S+:\d+)\.", proc.stderr)
+    assert picked, "expected the workers' cluster lookup in the log (two clusters run on this machine)"
+    assert set(picked) == {ours.group(1)}, (set(picked), ours.group(1))
     attempts = _attempts(out, 2)
     assert all(attempts[i] == 1 for i in done_before), (attempts, done_before)  # finished work reused
     assert _attempts(out, 1) == dict.fromkeys(range(6), 1)  # round 1 was never redone
     pd.testing.assert_frame_equal(_pairs(out), _pairs(submitted))
     assert json.loads((out / "rounds" / "round=002" / "train" / "summary.json").read_text())["steps"] == 2
+
+
+def test_a_job_that_cannot_place_its_training_workers_fails_in_bounded_time_with_a_message(cluster, tmp_path):
+    """A plain `python jobs/online_dpo.py` (no RAY_ADDRESS) on a machine where someone ran `ray start --head`
+    joins that cluster (Ray's own rule: the latest `ray start`). It asks for 3 training workers of 1 CPU on this
+    2-CPU cluster, a placement Ray Train itself waits for forever. The job must say which cluster it joined and
+    fail within its --train-timeout-s with an error that names the round and the free resources, leaving the
+    round's pairs committed and no policy published."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(WORLD[:4]) + "\n")  # 4 pairs: enough rows for 3 workers
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "jobs/online_dpo.py", "--output-dir", str(out), "--prompts", str(prompts), "--rounds", "1",
+         "--samples-per-prompt", "2", "--steps-per-round", "2", "--batch-size", "1", "--sample-steps", "4",
+         "--eval-samples-per-prompt", "0", "--num-workers", "3", "--train-timeout-s", "30"],
+        cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=330)
+    took, err = time.monotonic() - start, proc.stderr
+    assert proc.returncode != 0, err[-3000:]
+    assert re.search(r"joined the Ray cluster at \S+:\d+ \(the latest `ray start` on this machine\): \d/2 CPUs", err), \
+        err[:3000]
+    assert "'round-001'" in err and "did not finish within 30 s" in err, err[-3000:]
+    assert "3 workers" in err and "CPUs" in err, err[-3000:]
+    assert took < 300, took
+    assert not (out / "rounds" / "round=001" / "summary.json").exists()
+    assert (out / "pairs" / "_manifest.json").exists()
