@@ -193,10 +193,29 @@ def test_output_mirror_pushes_pulls_and_deletes_on_s3(s3_env, tmp_path):
     assert first.push() == {"uploaded": 1, "deleted": 1, "bytes": 2}
     assert _read("mirror/run/final/adapter.safetensors") == b"w2" and "mirror/run/final/old.txt" not in _keys("mirror/")
 
+    class FailingMove:  # the upload is interrupted after its bytes went up, before they took the file's name
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def move(self, src, dest):
+            raise KeyboardInterrupt
+
+    (a / "final" / "adapter.safetensors").write_text("w3")
+    real, first._fs = first._fs, FailingMove(first._fs)
+    with pytest.raises(KeyboardInterrupt):
+        first.push()
+    first._fs = real
+    assert _read("mirror/run/final/adapter.safetensors") == b"w2"  # the old version, whole
+    assert not [k for k in _keys("mirror/") if k.endswith(".tmp")]  # and no temp object left
+    assert first.push()["uploaded"] == 1 and _read("mirror/run/final/adapter.safetensors") == b"w3"
+
     b = tmp_path / "b"  # another machine
     second = OutputMirror(uri, b, skip={"cache"})
     assert second.pull() == 2
-    assert (b / "final" / "adapter.safetensors").read_text() == "w2" and (b / "summary.json").read_text() == "{}"
+    assert (b / "final" / "adapter.safetensors").read_text() == "w3" and (b / "summary.json").read_text() == "{}"
     assert second.pull() == 0 and second.push()["uploaded"] == 0
 
 

@@ -18,8 +18,9 @@ Train finds its checkpoints under ``<URI>/ray_results/<run name>``. One job writ
 Sync rule (pyarrow filesystems, so anything pyarrow opens: ``s3://``, ``gs://``, ``hdfs://``): a file is copied
 when the other side lacks it or has an older modification time; after each copy the local file's mtime is set
 to the remote one, so an unchanged file is not copied again. A file removed locally during the job (e.g. the
-previous ``final/`` replaced by a new one) is removed from the URI. Remote objects become visible only once
-their upload completes, so a killed upload leaves the previous version, not a partial file.
+previous ``final/`` replaced by a new one) is removed from the URI. Each file is uploaded to a hidden temp
+object and moved onto its name (S3: a server-side copy, objects up to 5 GB), so an interrupted upload leaves
+the previous version, not a partial file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,22 @@ class OutputMirror:
             f.write(b"probe")
         self._fs.delete_file(marker)
 
+    def _upload(self, path: Path, dest: str) -> None:
+        """Upload ``path`` to a hidden temp object beside ``dest``, then move it onto ``dest`` (a server-side
+        copy on S3: readers see the old object or the whole new one, also when the upload is interrupted; the
+        temp object is removed on failure)."""
+        parent, name = dest.rsplit("/", 1)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(path, "rb") as src, self._fs.open_output_stream(tmp) as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+            self._fs.move(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._fs.delete_file(tmp)
+            raise
+
     def pull(self) -> int:
         """Copy every remote file that is missing locally or newer than the local copy; returns the count."""
         local, n = self._local(), 0
@@ -120,9 +138,7 @@ class OutputMirror:
             if theirs is not None and path.stat().st_mtime_ns <= theirs.mtime_ns:
                 continue
             dest = f"{self._base}/{rel}"
-            with open(path, "rb") as src, self._fs.open_output_stream(dest) as dst:
-                while chunk := src.read(1 << 24):
-                    dst.write(chunk)
+            self._upload(path, dest)
             nbytes += path.stat().st_size
             os.utime(path, ns=(time.time_ns(), self._fs.get_file_info(dest).mtime_ns))
             uploaded += 1
