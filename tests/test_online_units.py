@@ -101,3 +101,73 @@ def test_guidance_without_a_reward_endpoint_is_refused():
         OnlineDPOConfig(guidance_scale=1.0)
     assert OnlineDPOConfig(guidance_scale=1.0, reward_endpoint="reward").guidance_scale == 1.0
     assert OnlineDPOConfig().guidance_scale == 0.0
+
+
+def test_guided_vs_unguided_pairs_each_guided_sample_with_its_twin():
+    # K = 6: samples 0-2 guided, 3-5 their unguided twins; weights (0, 0, 1): TA decides
+    r = np.array([[0, 0, 0.8], [0, 0, 0.4], [0, 0, 0.5], [0, 0, 0.3], [0, 0, 0.6], [0, 0, 0.5]])
+    sel = select_pairs(r, (0, 0, 1), "guided-vs-unguided", min_margin=0.1)
+    # twins: (0,3) guided wins by .5; (1,4) unguided wins by .2; (2,5) tie
+    assert [(c, j) for c, j, _ in sel.pairs] == [(0, 3), (4, 1)]
+    assert [m for *_, m in sel.pairs] == pytest.approx([0.5, 0.2])
+    assert sel.ties == 1 and sel.below_margin == 0
+    assert select_pairs(r, (0, 0, 1), "guided-vs-unguided", min_margin=0.3).below_margin == 1
+    with pytest.raises(ValueError, match="even number"):
+        select_pairs(r[:5], (0, 0, 1), "guided-vs-unguided")
+
+
+def test_guided_vs_unguided_needs_guidance_and_an_even_k():
+    from pydantic import ValidationError
+
+    from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
+
+    ok = dict(guidance_scale=1.0, reward_endpoint="reward", pair_rule="guided-vs-unguided", samples_per_prompt=4)
+    assert OnlineDPOConfig(**ok).pair_rule == "guided-vs-unguided"
+    for bad in ({"samples_per_prompt": 5}, {"guidance_scale": 0.0, "reward_endpoint": None}):
+        with pytest.raises(ValidationError, match="guided-vs-unguided"):
+            OnlineDPOConfig(**{**ok, **bad})
+
+
+def test_a_split_group_guides_only_its_first_half(tmp_path):
+    """GeneratorSpec.guide_first_half: the guide sees the first half of the group only; the second half, with
+    the same seeds, equals an unguided sampling of those seeds, and the guided half differs from it."""
+    import torch
+
+    from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, component_id
+    from videoalign_ray.flow.pipeline import EncodeSpec
+    from videoalign_ray.online.generation import GenerationActor, GeneratorSpec
+
+    if not (TINY_WORLD_ASSET / "transformer").is_dir():
+        pytest.skip("tiny-world asset not built")
+    preset = PRESETS["tiny-world"]
+    enc = EncodeSpec(model_dir=str(TINY_WORLD_ASSET), cache_dir=str(tmp_path / "cache"), num_frames=preset.num_frames,
+                     height=preset.height, width=preset.width, max_text_tokens=preset.max_text_tokens,
+                     vae_id=component_id(TINY_WORLD_ASSET, "vae"), text_encoder_id="all-MiniLM-L6-v2")
+    calls = []
+
+    def guide(x, t, prompt_embeds, weights):  # a constant push: the guided half must move
+        calls.append(x.shape[0])
+        return torch.ones_like(x)
+
+    def run(split: bool, seeds: list[int], name: str):
+        spec = GeneratorSpec(encode=enc, fps=preset.fps, steps=3, guidance_scale=1.0, weights=(0, 0, 1),
+                             guide_first_half=split)
+        actor = GenerationActor(spec, str(tmp_path / name))
+        actor.guide = guide  # in the job: the served app's guide(); here a local function
+        rec = actor.generate({"round": 1, "prompt_index": 0, "prompt": "a red circle moving left to right",
+                              "seeds": seeds, "version": 0, "scene": None}, [None])
+        return torch.stack([actor.cache.get(s["latent_key"]) for s in rec["samples"]]), rec
+
+    split, rec = run(True, [11, 12, 11, 12], "split")
+    assert calls and set(calls) == {2} and rec["spec"]["guide_first_half"]
+    calls.clear()
+    plain, _ = run(False, [11, 12], "guided")  # guided, whole group: the guide sees both samples
+    assert set(calls) == {2}
+    actor_spec = GeneratorSpec(encode=enc, fps=preset.fps, steps=3)  # no guidance at all
+    actor = GenerationActor(actor_spec, str(tmp_path / "none"))
+    rec = actor.generate({"round": 1, "prompt_index": 0, "prompt": "a red circle moving left to right",
+                          "seeds": [11, 12], "version": 0, "scene": None}, [None])
+    unguided = torch.stack([actor.cache.get(s["latent_key"]) for s in rec["samples"]])
+    torch.testing.assert_close(split[2:], unguided, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split[:2], plain, atol=1e-5, rtol=1e-5)
+    assert (split[:2] - split[2:]).abs().max() > 1e-2

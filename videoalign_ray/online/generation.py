@@ -26,7 +26,9 @@ class GeneratorSpec:
 
     ``encode``: the model folder, latent cache, clip size (frames, pixels) and text length, shared with the
     Flow-DPO job's :class:`~videoalign_ray.flow.pipeline.EncodeSpec` so generated latents land under the keys
-    that job looks up. ``fps``: frames per second of the written mp4s.
+    that job looks up. ``fps``: frames per second of the written mp4s. ``guide_first_half``: only the first
+    half of each group is sampled with guidance (the pair rule ``guided-vs-unguided``; the driver gives the
+    second half the same seeds).
     """
 
     encode: EncodeSpec
@@ -36,6 +38,7 @@ class GeneratorSpec:
     guidance_scale: float = 0.0
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     reward_endpoint: str | None = None
+    guide_first_half: bool = False
 
 
 def group_record_path(samples_dir: str | Path, round_: int, prompt_index: int) -> Path:
@@ -149,9 +152,14 @@ class GenerationActor:
         embeds = self.text.encode([task["prompt"]] * len(task["seeds"]))
         # the training job's prompt-embedding cache entry too: its run then starts no text-encoder actor
         self.cache.put(prompt_key(task["prompt"], enc.text_encoder_id, enc.max_text_tokens), embeds[0])
-        latents = sample_latents(self.transformer, embeds.to(self.device), noise.to(self.device),
-                                 num_steps=spec.steps, shift=spec.shift, reward_guide=self.guide,
-                                 reward_weights=tuple(spec.weights), reward_scale=spec.guidance_scale).float().cpu()
+        # guided-vs-unguided: the first half with guidance, the second half (the same seeds) without it
+        h = len(noise) // 2
+        parts = [(slice(0, h), self.guide), (slice(h, None), None)] if spec.guide_first_half else [(slice(None), self.guide)]
+        latents = torch.cat([
+            sample_latents(self.transformer, embeds[s].to(self.device), noise[s].to(self.device),
+                           num_steps=spec.steps, shift=spec.shift, reward_guide=guide,
+                           reward_weights=tuple(spec.weights), reward_scale=spec.guidance_scale).float().cpu()
+            for s, guide in parts])
         videos = decode_latents(self.vae, latents)
         samples = []
         for k, (seed, video) in enumerate(zip(task["seeds"], videos, strict=True)):
@@ -167,7 +175,8 @@ class GenerationActor:
             samples.append(sample)
         record = {"round": round_, "prompt_index": idx, "prompt": task["prompt"], "seeds": list(task["seeds"]),
                   "policy_version": self.version, "cache_dir": enc.cache_dir, "samples": samples,
-                  "spec": {k: v for k, v in asdict(spec).items() if k in ("steps", "shift", "guidance_scale")}}
+                  "spec": {k: v for k, v in asdict(spec).items() if k in ("steps", "shift", "guidance_scale",
+                                                                         "guide_first_half")}}
         write_text_atomic(group_record_path(self.samples_dir, round_, idx), json.dumps(record, indent=1))
         return record
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-PairRule = Literal["best-worst", "all-above-margin"]
+PairRule = Literal["best-worst", "all-above-margin", "guided-vs-unguided"]
 
 
 def sample_seed(seed: int, round_: int, prompt_index: int, sample: int) -> int:
@@ -56,14 +56,18 @@ def select_pairs(rewards: np.ndarray, weights: tuple[float, float, float], rule:
     """Select preference pairs among one prompt's K samples.
 
     ``best-worst``: the highest vs the lowest weighted reward (first index on equal rewards), one pair or
-    none. ``all-above-margin``: every (i, j), i < j, ordered so the chosen has the higher reward. A
-    candidate with margin 0 is a tie; one with margin below ``min_margin`` is counted, not kept.
+    none. ``all-above-margin``: every (i, j), i < j, ordered so the chosen has the higher reward.
+    ``guided-vs-unguided``: K even, samples ``[0, K/2)`` sampled with Flow-NRG guidance and ``[K/2, K)``
+    without it from the same noise; each (i, i + K/2) ordered by reward, so a pair differs only by what the
+    guidance changed. A candidate with margin 0 is a tie; one with margin below ``min_margin`` is counted,
+    not kept.
 
     Returns:
         Selection with ``(chosen, rejected, margin)`` tuples, margin > 0 and >= ``min_margin``.
 
     Raises:
-        ValueError: bad ``rewards`` shape/values, fewer than 2 samples or an unknown rule.
+        ValueError: bad ``rewards`` shape/values, fewer than 2 samples (an odd K for ``guided-vs-unguided``)
+            or an unknown rule.
     """
     w = weighted_reward(rewards, weights)
     if len(w) < 2:
@@ -72,8 +76,13 @@ def select_pairs(rewards: np.ndarray, weights: tuple[float, float, float], rule:
         candidates = [(int(np.argmax(w)), int(np.argmin(w)))]
     elif rule == "all-above-margin":
         candidates = [(i, j) if w[i] >= w[j] else (j, i) for i in range(len(w)) for j in range(i + 1, len(w))]
+    elif rule == "guided-vs-unguided":
+        if len(w) % 2:
+            raise ValueError(f"guided-vs-unguided needs an even number of samples per prompt, got {len(w)}")
+        h = len(w) // 2
+        candidates = [(i, i + h) if w[i] >= w[i + h] else (i + h, i) for i in range(h)]
     else:
-        raise ValueError(f"unknown pair rule {rule!r} (best-worst or all-above-margin)")
+        raise ValueError(f"unknown pair rule {rule!r} (best-worst, all-above-margin or guided-vs-unguided)")
     out = Selection()
     for c, r in candidates:
         margin = float(w[c] - w[r])

@@ -48,7 +48,9 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     reward_endpoint: str | None = Field(None, description="Name of an already running Serve reward app.")
     reward_timeout_s: float = Field(120.0, gt=0, description="Seconds per reward call before it is retried.")
     reward_attempts: int = Field(3, ge=1, description="Attempts per reward call before the round fails.")
-    pair_rule: Literal["best-worst", "all-above-margin"] = Field("best-worst", description="Pairs per prompt.")
+    pair_rule: Literal["best-worst", "all-above-margin", "guided-vs-unguided"] = Field(
+        "best-worst", description="Pairs per prompt. guided-vs-unguided: half of each prompt's samples with "
+        "--guidance-scale, half without from the same seeds, each guided one paired with its unguided twin.")
     min_margin: float = Field(0.0, ge=0, description="Weighted-reward gap below which a pair is not kept.")
     replay_rounds: int = Field(0, ge=0, description="Earlier rounds' pairs added to each round's training.")
     reference: Literal["base", "previous"] = Field(
@@ -78,6 +80,10 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
         if self.guidance_scale > 0 and not self.reward_endpoint:
             raise ValueError("guidance_scale > 0 guides sampling with a served reward app: give --reward-endpoint "
                              "(the name of a running Serve reward app)")
+        if self.pair_rule == "guided-vs-unguided" and (self.guidance_scale <= 0 or self.samples_per_prompt % 2):
+            raise ValueError("pair_rule guided-vs-unguided pairs guided with unguided samples: it needs "
+                             f"guidance_scale > 0 and an even samples_per_prompt (got {self.guidance_scale:g} and "
+                             f"{self.samples_per_prompt})")
         return self
 
 

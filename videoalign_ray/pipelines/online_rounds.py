@@ -42,7 +42,8 @@ class RoundRunner:
         espec = encode_spec(self._flow_cfg(1, None, None), self.model_dir, self.out, self.use_gpu)
         self.spec = GeneratorSpec(
             encode=espec, fps=self.preset.fps, steps=cfg.sample_steps, shift=cfg.sample_shift,
-            guidance_scale=cfg.guidance_scale, weights=parse_weights(cfg.weights), reward_endpoint=cfg.reward_endpoint)
+            guidance_scale=cfg.guidance_scale, weights=parse_weights(cfg.weights), reward_endpoint=cfg.reward_endpoint,
+            guide_first_half=cfg.pair_rule == "guided-vs-unguided")
         self.samples_dir = self.out / "samples"
         self.pool, self.handle, self.deployed_app = None, None, False
         self.policy: Path | None = None  # None: the base (version 0)
@@ -132,7 +133,8 @@ class RoundRunner:
 
         records, todo = [None] * len(prompts), []
         for i, prompt in enumerate(prompts):
-            seeds = [sample_seed(self.cfg.seed, r, i, k) for k in range(self.cfg.samples_per_prompt)]
+            k_seeds = self.cfg.samples_per_prompt // (2 if self.spec.guide_first_half else 1)
+            seeds = [sample_seed(self.cfg.seed, r, i, k % k_seeds) for k in range(self.cfg.samples_per_prompt)]
             records[i] = load_group_record(group_record_path(self.samples_dir, r, i), version, seeds)
             if records[i] is None:
                 scene = self.scenes.get(prompt)
