@@ -158,6 +158,18 @@ def test_a_split_group_guides_only_its_first_half(tmp_path):
                               "seeds": seeds, "version": 0, "scene": None}, [None])
         return torch.stack([actor.cache.get(s["latent_key"]) for s in rec["samples"]]), rec
 
+    grad_mode = torch.is_grad_enabled()  # GenerationActor turns autograd off for its (actor) process
+    try:
+        _check_split_group(run, enc, preset, calls, tmp_path)
+    finally:
+        torch.set_grad_enabled(grad_mode)  # else later tests in this pytest process run without autograd
+
+
+def _check_split_group(run, enc, preset, calls, tmp_path):
+    import torch
+
+    from videoalign_ray.online.generation import GenerationActor, GeneratorSpec
+
     split, rec = run(True, [11, 12, 11, 12], "split")
     assert calls and set(calls) == {2} and rec["spec"]["guide_first_half"]
     calls.clear()
