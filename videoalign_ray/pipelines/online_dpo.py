@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from videoalign_ray.config import ModelSection, RuntimeSection, Weights, parse_weights
+from videoalign_ray.online.selection import PairRule
 from videoalign_ray.runtime.job import job_run
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     reward_endpoint: str | None = Field(None, description="Name of an already running Serve reward app.")
     reward_timeout_s: float = Field(120.0, gt=0, description="Seconds per reward call before it is retried.")
     reward_attempts: int = Field(3, ge=1, description="Attempts per reward call before the round fails.")
-    pair_rule: Literal["best-worst", "all-above-margin", "guided-vs-unguided"] = Field(
+    pair_rule: PairRule = Field(
         "best-worst", description="Pairs per prompt. guided-vs-unguided: half of each prompt's samples with "
         "--guidance-scale, half without from the same seeds, each guided one paired with its unguided twin.")
     min_margin: float = Field(0.0, ge=0, description="Weighted-reward gap below which a pair is not kept.")

@@ -132,8 +132,8 @@ class RoundRunner:
         from videoalign_ray.online.selection import sample_seed
 
         records, todo = [None] * len(prompts), []
+        k_seeds = self.cfg.samples_per_prompt // (2 if self.spec.guide_first_half else 1)  # twins share seeds
         for i, prompt in enumerate(prompts):
-            k_seeds = self.cfg.samples_per_prompt // (2 if self.spec.guide_first_half else 1)
             seeds = [sample_seed(self.cfg.seed, r, i, k % k_seeds) for k in range(self.cfg.samples_per_prompt)]
             records[i] = load_group_record(group_record_path(self.samples_dir, r, i), version, seeds)
             if records[i] is None:
