@@ -30,28 +30,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return materialize_tiny_base(tmp_path_factory.mktemp("tiny") / "base_model", seed=0)
 
 
-def _ray_cpus_settle(total: float, timeout_s: float = 15.0) -> bool:
-    """True when every CPU of this process's Ray is free again within ``timeout_s`` (actors of the module that
-    just ended release theirs asynchronously)."""
-    import time
-
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0) >= total:
-            return True
-        time.sleep(0.5)
-    return False
-
-
 @pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray (2 CPUs, no dashboard) for the test modules of one pytest-xdist worker, started by the first
-    module that needs it (or an in-process job's private Ray found running) and kept for the next ones: each
-    Ray start costs ~12 CPU-s of daemons and ~5 s, and Ray Data's task workers are reused while the driver lives.
-    A module that leaves CPUs held (an actor not stopped) gets the Ray shut down after it, so the next module
-    starts clean; the last module's Ray goes when the worker exits."""
+    """A local Ray for one test module (2 CPUs, no dashboard)."""
     import ray
     from ray._private import auto_init_hook
 
@@ -59,19 +40,14 @@ def local_ray():
     # API auto-connects a fresh Ray; in CI one did so while this fixture's ray.init was starting its node
     # ("ray.init twice"). The pytest process never relies on auto-connect: turn it off here only.
     auto_init_hook.enable_auto_connect = False
-    from ray.experimental import internal_kv
-
-    if ray.is_initialized() and not internal_kv._internal_kv_initialized():
-        ray.shutdown()  # ray.cluster_utils.Cluster.shutdown() resets this process's KV client: not reusable
-    if not ray.is_initialized():
-        from videoalign_ray.runtime.launch import single_machine_env
-
-        with single_machine_env():  # as the jobs' private local Ray (runtime/launch.init_ray)
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    total = ray.cluster_resources().get("CPU", 0)
-    yield
-    if ray.is_initialized() and not _ray_cpus_settle(total):
+    if ray.is_initialized():
         ray.shutdown()
+    from videoalign_ray.runtime.launch import single_machine_env
+
+    with single_machine_env():  # as the jobs' private local Ray (runtime/launch.init_ray)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
 
 
 # The longest test files (seconds on the 2-core CI machine), run first: with two pytest-xdist workers taking

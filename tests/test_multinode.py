@@ -22,11 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def three_nodes(monkeypatch):
-    import ray
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():  # the worker's shared local Ray (conftest): Cluster.shutdown() resets its KV client
-        ray.shutdown()
     # its own temp dir: the address file of this cluster must not be found by other tests' ray.init()
     monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="vr-", dir="/tmp"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

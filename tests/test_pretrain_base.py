@@ -11,14 +11,20 @@ from videoalign_ray.flow.model import TINY_WORLD_ASSET, load_transformer, materi
 pytestmark = pytest.mark.integration
 
 
-def test_shortened_pretraining_exports_a_base(tmp_path, local_ray):
+def test_shortened_pretraining_exports_a_base(tmp_path):
+    import ray
+
     from videoalign_ray.config import validate_config
     from videoalign_ray.experiments.pretrain_base import PretrainConfig, run_pretrain
     from videoalign_ray.flow.render import load_policy
 
-    s = run_pretrain(validate_config(PretrainConfig, dict(
-        output_dir=str(tmp_path / "pt"), max_steps=3, world_pairs=12, checkpoint_every=3, num_samples=0,
-        batch_size=2, warmup_steps=1, num_workers=1)))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        s = run_pretrain(validate_config(PretrainConfig, dict(
+            output_dir=str(tmp_path / "pt"), max_steps=3, world_pairs=12, checkpoint_every=3, num_samples=0,
+            batch_size=2, warmup_steps=1, num_workers=1)))
+    finally:
+        ray.shutdown()
     export = tmp_path / "pt" / "tiny_world_base"
     assert s["export_dir"] == str(export) and s["steps"] == 3
     info = json.loads((export / "model_index.json").read_text())

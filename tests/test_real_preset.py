@@ -47,14 +47,20 @@ def test_resolve_and_text_encoder(wan_like_dir, tmp_path):
     assert torch.all(emb[0, 6:] == 0) and emb[1, 8].abs().sum() > 0  # zero past each prompt's length
 
 
-def test_flow_dpo_job_on_wan_layout(wan_like_dir, tmp_path, local_ray):
+def test_flow_dpo_job_on_wan_layout(wan_like_dir, tmp_path):
+    import ray
+
     from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
 
-    cfg = validate_config(FlowDPOConfig, dict(
-        preset="wan2.1-1.3b", model_path=str(wan_like_dir), output_dir=str(tmp_path / "run"),
-        num_frames=9, height=32, width=32, max_steps=2, checkpoint_every=2, num_samples=1, sample_steps=2,
-        zero_stage=3, num_workers=2, finetune="full",
-    ))
-    s = run_flow_job(cfg)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        cfg = validate_config(FlowDPOConfig, dict(
+            preset="wan2.1-1.3b", model_path=str(wan_like_dir), output_dir=str(tmp_path / "run"),
+            num_frames=9, height=32, width=32, max_steps=2, checkpoint_every=2, num_samples=1, sample_steps=2,
+            zero_stage=3, num_workers=2, finetune="full",
+        ))
+        s = run_flow_job(cfg)
+    finally:
+        ray.shutdown()
     assert s["steps"] == 2 and s["rejects"] == 0 and len(s["samples"]) == 2
     assert not (tmp_path / "run" / "base_model").exists()  # the given folder is used, nothing materialized
