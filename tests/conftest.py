@@ -30,6 +30,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return materialize_tiny_base(tmp_path_factory.mktemp("tiny") / "base_model", seed=0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_serve_at_exit():
+    """Quiet Serve's logger at the end of the session: a Serve handle used by a test leaves a router thread whose
+    metrics push, once Ray is gone, logs an exception, and at interpreter exit it logged to a closed stream
+    ("--- Logging error ---" with a traceback in CI, after the test summary)."""
+    yield
+    import logging
+
+    logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray for one test module (2 CPUs, no dashboard)."""
