@@ -158,28 +158,19 @@ def test_a_split_group_guides_only_its_first_half(tmp_path):
                               "seeds": seeds, "version": 0, "scene": None}, [None])
         return torch.stack([actor.cache.get(s["latent_key"]) for s in rec["samples"]]), rec
 
-    grad_mode = torch.is_grad_enabled()  # GenerationActor turns autograd off for its (actor) process
-    try:
-        _check_split_group(run, enc, preset, calls, tmp_path)
-    finally:
-        torch.set_grad_enabled(grad_mode)  # else later tests in this pytest process run without autograd
-
-
-def _check_split_group(run, enc, preset, calls, tmp_path):
-    import torch
-
-    from videoalign_ray.online.generation import GenerationActor, GeneratorSpec
-
-    split, rec = run(True, [11, 12, 11, 12], "split")
-    assert calls and set(calls) == {2} and rec["spec"]["guide_first_half"]
-    calls.clear()
-    plain, _ = run(False, [11, 12], "guided")  # guided, whole group: the guide sees both samples
-    assert set(calls) == {2}
-    actor_spec = GeneratorSpec(encode=enc, fps=preset.fps, steps=3)  # no guidance at all
-    actor = GenerationActor(actor_spec, str(tmp_path / "none"))
-    rec = actor.generate({"round": 1, "prompt_index": 0, "prompt": "a red circle moving left to right",
-                          "seeds": [11, 12], "version": 0, "scene": None}, [None])
-    unguided = torch.stack([actor.cache.get(s["latent_key"]) for s in rec["samples"]])
-    torch.testing.assert_close(split[2:], unguided, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(split[:2], plain, atol=1e-5, rtol=1e-5)
-    assert (split[:2] - split[2:]).abs().max() > 1e-2
+    # GenerationActor turns autograd off for its (actor) process; the block restores this process's mode, else
+    # later tests in the same pytest worker run without autograd
+    with torch.enable_grad():
+        split, rec = run(True, [11, 12, 11, 12], "split")
+        assert calls and set(calls) == {2} and rec["spec"]["guide_first_half"]
+        calls.clear()
+        plain, _ = run(False, [11, 12], "guided")  # guided, whole group: the guide sees both samples
+        assert set(calls) == {2}
+        actor_spec = GeneratorSpec(encode=enc, fps=preset.fps, steps=3)  # no guidance at all
+        actor = GenerationActor(actor_spec, str(tmp_path / "none"))
+        rec = actor.generate({"round": 1, "prompt_index": 0, "prompt": "a red circle moving left to right",
+                              "seeds": [11, 12], "version": 0, "scene": None}, [None])
+        unguided = torch.stack([actor.cache.get(s["latent_key"]) for s in rec["samples"]])
+        torch.testing.assert_close(split[2:], unguided, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(split[:2], plain, atol=1e-5, rtol=1e-5)
+        assert (split[:2] - split[2:]).abs().max() > 1e-2
