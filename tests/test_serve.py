@@ -46,7 +46,8 @@ def served(world):
     from videoalign_ray.serve.app import build_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    settings = {"checkpoint": world["ckpt"], "data_roots": [world["root"]], "max_upload_bytes": 200_000}
+    settings = {"checkpoint": world["ckpt"], "data_roots": [world["root"]], "max_upload_bytes": 200_000,
+                "body_timeout_s": 10.0}  # JSON bodies of a few bytes; a lost body costs a retry 10 s, not 30
     handle = serve.run(build_app(settings, num_replicas=2, num_cpus=0.5, max_batch_size=8,
                                  batch_wait_timeout_s=0.05), name="videoreward", route_prefix="/")
     yield handle
@@ -161,7 +162,10 @@ def test_autoscaling_scales_up_under_load_and_back_down(world):
 
 def test_load_with_malformed_requests_and_a_killed_replica(world, served):
     """200 requests from 8 clients, 5% malformed; one replica is killed midway. Valid requests retry on
-    server-side failures (5xx / connection errors) and must all succeed; malformed ones must all get a 4xx."""
+    what a client should retry (5xx, 408, 429, connection errors) and must all succeed; malformed ones must all
+    get a 422. (A request whose body went to the replica that died can wait for it on the other one until the
+    body timeout, then gets 408: a valid request in CI took 30 s and failed without a 5xx when only 5xx was
+    retried.)"""
     import ray
 
     rng = random.Random(0)
@@ -179,8 +183,8 @@ def test_load_with_malformed_requests_and_a_killed_replica(world, served):
             resp = client.post(f"{URL}/score", json={"path": path})  # no prompt
         else:
             resp = client.post(f"{URL}/score", json={"path": path, "prompt": prompt})
-        if resp.status_code >= 500:
-            raise ServerError(resp.text)
+        if resp.status_code >= 500 or resp.status_code in (408, 429):
+            raise ServerError(f"{resp.status_code}: {resp.text}")
         return resp
 
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VideoReward" in a["name"]]
@@ -199,7 +203,9 @@ def test_load_with_malformed_requests_and_a_killed_replica(world, served):
     assert done.is_set()
     good = [r for r, k in zip(results, kinds, strict=True) if k == "good"]
     bad = [r for r, k in zip(results, kinds, strict=True) if k == "bad"]
-    assert all(r.status_code == 200 and np.isfinite(r.json()["Overall"]) for r in good)
+    failed = [(r.status_code, r.text[:300]) for r in good if r.status_code != 200]
+    assert not failed, f"{len(failed)} valid requests failed: {failed[:5]}"
+    assert all(np.isfinite(r.json()["Overall"]) for r in good)
     assert bad and all(r.status_code == 422 and r.json()["error"] == "missing prompt" for r in bad)
     # Serve replaces the dead replica: the app is back to 2 healthy replicas (and leaves the next test a calm
     # cluster: a replacement still starting competes for the 2 CPUs with the autoscaling test's replicas).
