@@ -116,3 +116,39 @@ def test_latent_reward_model_shapes_t_conditioning_and_roundtrip(tiny_model_dir,
         from_generator(tiny_model_dir, 99)
     with pytest.raises(FileNotFoundError):
         load_latent_reward(tmp_path)
+
+
+def test_ensemble_of_latent_rewards_is_the_mean_of_its_members(tiny_model_dir, tmp_path):
+    """Several checkpoints joined by commas: reward and guidance gradient are the members' means (computed
+    here from each member alone); one folder loads the plain model."""
+    from videoalign_ray.reward.latent import (
+        LatentRewardEnsemble,
+        LatentRewardModel,
+        from_generator,
+        load_latent_reward,
+        load_latent_reward_spec,
+        save_latent_reward,
+    )
+
+    g = torch.Generator().manual_seed(1)
+    for k, name in ((1, "a"), (2, "b")):  # members of different depth, heads far apart
+        member = from_generator(tiny_model_dir, k)
+        with torch.no_grad():
+            nn.init.normal_(member.head.weight, std=1.0, generator=g)
+        save_latent_reward(member, tmp_path / name)
+    a, b = load_latent_reward(tmp_path / "a"), load_latent_reward(tmp_path / "b")
+    ens = load_latent_reward_spec(f"{tmp_path / 'a'}, {tmp_path / 'b'}")
+    assert isinstance(ens, LatentRewardEnsemble) and len(ens.members) == 2
+    assert isinstance(load_latent_reward_spec(str(tmp_path / "a")), LatentRewardModel)
+    x, c = torch.randn(2, 3, 4, 16, 16, generator=g), torch.randn(2, 6, 384, generator=g)
+    t, w = torch.tensor([0.3, 0.7]), torch.tensor([0.2, 0.5, 1.0])
+    with torch.no_grad():
+        ra, rb = a(x, t, c), b(x, t, c)
+        assert (ra - rb).abs().max() > 1e-2  # the members disagree, so the mean is not either of them
+        assert torch.allclose(ens(x, t, c), (ra + rb) / 2, atol=1e-6)
+    ga, gb = reward_gradient(a, x, t, c, w), reward_gradient(b, x, t, c, w)
+    assert torch.allclose(reward_gradient(ens, x, t, c, w), (ga + gb) / 2, atol=1e-6)
+    with pytest.raises(ValueError):
+        load_latent_reward_spec(" , ")
+    with pytest.raises(FileNotFoundError):
+        load_latent_reward_spec(f"{tmp_path / 'a'},{tmp_path}")

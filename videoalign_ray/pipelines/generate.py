@@ -30,7 +30,8 @@ class GenerateConfig(RuntimeSection, ModelSection):
     weights: Weights = Field("1,1,1", description="Flow-NRG user weights lambda for VQ,MQ,TA.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale w (0 = no reward guidance).")
     max_guidance_factor: float = Field(DEFAULT_MAX_FACTOR, gt=0, description="Cap on t/(1-t).")
-    latent_reward: str | None = Field(None, description="Latent reward checkpoint (jobs/train_latent_reward.py).")
+    latent_reward: str | None = Field(None, description="Latent reward checkpoint (jobs/train_latent_reward.py); several "
+                                      "joined by commas guide with their mean reward (an ensemble).")
     reward_endpoint: str | None = Field(None, description="Serve app name whose guide() returns the gradient.")
     reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint to score the videos (optional).")
     cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale (1 = off); applied before NRG.")
@@ -63,9 +64,9 @@ def make_guide(cfg: GenerateConfig):
         from videoalign_ray.serve.client import ServeGuide
 
         return ServeGuide(cfg.reward_endpoint)
-    from videoalign_ray.reward.latent import LatentRewardGuide, load_latent_reward
+    from videoalign_ray.reward.latent import LatentRewardGuide, load_latent_reward_spec
 
-    return LatentRewardGuide(load_latent_reward(cfg.latent_reward))
+    return LatentRewardGuide(load_latent_reward_spec(cfg.latent_reward))
 
 
 def sample_batch(transformer, text_encoder, vae, prompts: list[str], seeds: list[int], *, num_frames: int,

@@ -26,7 +26,8 @@ class ServeRewardConfig(RuntimeSection):
     checkpoint: str | None = Field(None, description="VideoReward checkpoint folder (required unless --allow-untrained).")
     allow_untrained: bool = Field(False, description="Without --checkpoint, serve an UNTRAINED tiny model (its scores "
                                   "are noise: for smoke tests only).")
-    latent_reward: str | None = Field(None, description="Latent reward checkpoint for Flow-NRG guide() calls.")
+    latent_reward: str | None = Field(None, description="Latent reward checkpoint for Flow-NRG guide() calls; "
+                                      "several joined by commas guide with their mean reward (an ensemble).")
     data_roots: str = Field(".", description="Comma-separated folders that request paths must resolve inside.")
     host: str = Field("127.0.0.1", description="HTTP bind address (loopback by default).")
     port: int = Field(8000, ge=1, le=65535)

@@ -104,6 +104,43 @@ def load_latent_reward(path: str | Path) -> LatentRewardModel:
     return model.eval()
 
 
+class LatentRewardEnsemble(nn.Module):
+    """The mean of several latent reward models: ``forward(latents (B, C, F, h, w), t (B,), prompt_embeds
+    (B, L, D)) -> (B, 3)`` float32 ``= mean_m r_m(x_t, t, c)``.
+
+    Its guidance gradient is the mean of the members' gradients: what members trained with different seeds
+    agree on adds up, what they disagree on cancels (docs/online.md: single guides of the same data push VQ in
+    opposite directions). Members may differ in K and width; they must accept the same latents and prompts.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one latent reward model")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(latents, t, prompt_embeds).float() for m in self.members]).mean(dim=0)
+
+
+def load_latent_reward_spec(spec: str | Path | list) -> nn.Module:
+    """The guide model named by a job's ``--latent-reward``: one checkpoint folder gives its
+    :class:`LatentRewardModel`; several (a list, or folders joined by commas) give their
+    :class:`LatentRewardEnsemble`.
+
+    Raises:
+        ModelPathError: a folder that is not a latent reward checkpoint (the folder named).
+        ValueError: an empty spec.
+    """
+    paths = [str(p).strip() for p in spec] if isinstance(spec, list) else str(spec).split(",")
+    paths = [p.strip() for p in paths if p.strip()]
+    if not paths:
+        raise ValueError(f"no latent reward checkpoint in {spec!r}")
+    if len(paths) == 1:
+        return load_latent_reward(paths[0])
+    return LatentRewardEnsemble([load_latent_reward(p) for p in paths]).eval()
+
+
 class LatentRewardGuide:
     """The local Flow-NRG guide: ``grad_{x_t} sum_d weights_d * r_phi(x_t, t, c)[:, d]``.
 

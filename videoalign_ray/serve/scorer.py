@@ -42,9 +42,9 @@ class RewardScorer:
         self.model_id = f"{checkpoint.name}@steps={rc.get('steps', 'untrained')}"
         self.latent = None
         if latent_reward:
-            from videoalign_ray.reward.latent import load_latent_reward
+            from videoalign_ray.reward.latent import load_latent_reward_spec
 
-            self.latent = load_latent_reward(latent_reward).to(device).requires_grad_(False)
+            self.latent = load_latent_reward_spec(latent_reward).to(device).requires_grad_(False)
 
     def decode(self, path: str | Path, limits: DecodeLimits | None = None) -> np.ndarray:
         """uint8 ``(T, H, W, 3)`` frames of a video file at the checkpoint's fps and pixel budget.
