@@ -103,6 +103,18 @@ def test_guidance_without_a_reward_endpoint_is_refused():
     assert OnlineDPOConfig().guidance_scale == 0.0
 
 
+def test_guidance_weights_default_to_the_pair_weights_and_can_differ():
+    from pydantic import ValidationError
+
+    from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
+
+    guided = dict(guidance_scale=1.0, reward_endpoint="reward", weights="0,0,1")
+    assert OnlineDPOConfig(**guided).guide_weights == (0.0, 0.0, 1.0)
+    assert OnlineDPOConfig(**guided, guidance_weights="0.5,0,1").guide_weights == (0.5, 0.0, 1.0)
+    with pytest.raises(ValidationError, match="guidance_weights"):
+        OnlineDPOConfig(**guided, guidance_weights="1,1")
+
+
 def test_guided_vs_unguided_pairs_each_guided_sample_with_its_twin():
     # K = 6: samples 0-2 guided, 3-5 their unguided twins; weights (0, 0, 1): TA decides
     r = np.array([[0, 0, 0.8], [0, 0, 0.4], [0, 0, 0.5], [0, 0, 0.3], [0, 0, 0.6], [0, 0, 0.5]])

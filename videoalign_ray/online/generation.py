@@ -176,7 +176,7 @@ class GenerationActor:
         record = {"round": round_, "prompt_index": idx, "prompt": task["prompt"], "seeds": list(task["seeds"]),
                   "policy_version": self.version, "cache_dir": enc.cache_dir, "samples": samples,
                   "spec": {k: v for k, v in asdict(spec).items() if k in ("steps", "shift", "guidance_scale",
-                                                                         "guide_first_half")}}
+                                                                         "weights", "guide_first_half")}}
         write_text_atomic(group_record_path(self.samples_dir, round_, idx), json.dumps(record, indent=1))
         return record
 

@@ -42,6 +42,8 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale during sampling (needs --reward-endpoint).")
     weights: Weights = Field("1,1,1", description="Per-dimension weights (VQ,MQ,TA): pair selection and NRG.")
+    guidance_weights: Weights | None = Field(None, description="Per-dimension weights of the Flow-NRG guide while "
+                                             "sampling when they should differ from the pair reward's; default: --weights.")
     reward: Literal["auto", "ground-truth", "served"] = Field(
         "auto", description="ground-truth: the world's pixel scorers (oracle); served: the Serve reward app; "
         "auto: served when --reward-checkpoint or --reward-endpoint is given.")
@@ -86,6 +88,11 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
                              f"guidance_scale > 0 and an even samples_per_prompt (got {self.guidance_scale:g} and "
                              f"{self.samples_per_prompt})")
         return self
+
+    @property
+    def guide_weights(self) -> tuple[float, float, float]:
+        """(VQ, MQ, TA) weights the generation actors guide with: ``guidance_weights``, else ``weights``."""
+        return parse_weights(self.guidance_weights or self.weights)
 
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> dict:

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from videoalign_ray.config import parse_weights, validate_config
+from videoalign_ray.config import validate_config
 from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.online.store import round_dir_name
 from videoalign_ray.runtime.fileio import write_text_atomic
@@ -42,7 +42,7 @@ class RoundRunner:
         espec = encode_spec(self._flow_cfg(1, None, None), self.model_dir, self.out, self.use_gpu)
         self.spec = GeneratorSpec(
             encode=espec, fps=self.preset.fps, steps=cfg.sample_steps, shift=cfg.sample_shift,
-            guidance_scale=cfg.guidance_scale, weights=parse_weights(cfg.weights), reward_endpoint=cfg.reward_endpoint,
+            guidance_scale=cfg.guidance_scale, weights=cfg.guide_weights, reward_endpoint=cfg.reward_endpoint,
             guide_first_half=cfg.pair_rule == "guided-vs-unguided")
         self.samples_dir = self.out / "samples"
         self.pool, self.handle, self.deployed_app = None, None, False
