@@ -123,17 +123,15 @@ class LatentRewardEnsemble(nn.Module):
         return torch.stack([m(latents, t, prompt_embeds).float() for m in self.members]).mean(dim=0)
 
 
-def load_latent_reward_spec(spec: str | Path | list) -> nn.Module:
+def load_latent_reward_spec(spec: str | Path) -> nn.Module:
     """The guide model named by a job's ``--latent-reward``: one checkpoint folder gives its
-    :class:`LatentRewardModel`; several (a list, or folders joined by commas) give their
-    :class:`LatentRewardEnsemble`.
+    :class:`LatentRewardModel`; several folders joined by commas give their :class:`LatentRewardEnsemble`.
 
     Raises:
         ModelPathError: a folder that is not a latent reward checkpoint (the folder named).
         ValueError: an empty spec.
     """
-    paths = [str(p).strip() for p in spec] if isinstance(spec, list) else str(spec).split(",")
-    paths = [p.strip() for p in paths if p.strip()]
+    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not paths:
         raise ValueError(f"no latent reward checkpoint in {spec!r}")
     if len(paths) == 1:
