@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from safetensors.torch import load, load_file, save, save_file
 
+from videoalign_ray.data.transforms import FRAMES_VERSION
 from videoalign_ray.runtime.fileio import atomic_path, is_uri
 
 
 def video_key(path: str, num_frames: int, height: int, width: int, vae_id: str) -> str:
-    """Cache key of a video's latents; changes when the file, the sampling, the size or the VAE changes."""
+    """Cache key of a video's latents; changes when the file, the sampling, the size, the decoding or resizing
+    (``transforms.FRAMES_VERSION``) or the VAE changes."""
     st = os.stat(path)
-    raw = f"video\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{num_frames}\0{height}x{width}\0{vae_id}"
+    raw = (f"video\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{num_frames}\0{height}x{width}\0{vae_id}"
+           f"\0v{FRAMES_VERSION}")
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

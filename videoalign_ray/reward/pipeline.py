@@ -20,7 +20,7 @@ import ray
 
 from videoalign_ray.data.cache import KeyRows, TensorCache
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
-from videoalign_ray.data.transforms import resize_to_budget
+from videoalign_ray.data.transforms import FRAMES_VERSION, resize_to_budget
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
 from videoalign_ray.runtime.key_table import write_key_table
 from videoalign_ray.runtime.launch import collect_rows, current_node_id
@@ -58,14 +58,14 @@ def labels_of(pair: PreferencePair) -> np.ndarray:
 
 def frame_key(path: str, spec: FrameSpec) -> str:
     """Cache key of a video's reward-model frames; changes when the file (path, size, mtime) or the sampling
-    and pixel budget change.
+    and pixel budget or the decoding or resizing (``transforms.FRAMES_VERSION``) change.
 
     Raises:
         OSError: the file cannot be stat'ed.
     """
     st = os.stat(path)
     raw = (f"frames\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{spec.fps}\0{spec.min_pixels}\0"
-           f"{spec.max_pixels}\0{spec.max_frames}\0{spec.factor}")
+           f"{spec.max_pixels}\0{spec.max_frames}\0{spec.factor}\0v{FRAMES_VERSION}")
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
