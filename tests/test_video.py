@@ -94,6 +94,82 @@ def test_sampled_frames_are_the_frames_asked_for(tmp_path, codec, options):
     assert v.backend == ("decord" if codec == "libx264" else "pyav")
 
 
+@pytest.mark.parametrize("name", ["videoalign-examples/videos/example_1_A.mp4", "odd-encodings/moviepy/sar_2x1.mp4"])
+def test_transform_while_decoding_equals_transform_after(shared_data, name):
+    """``load_video(transform=)`` (decord chunks transformed while the next decodes) gives the bytes of the
+    transform applied to the whole decode afterwards."""
+    from videoalign_ray.reward.pipeline import FrameSpec, decode_for_reward
+
+    path = next(shared_data.rglob(name.split("/")[-1]))
+    v = load_video(path, target_fps=2.0)
+    assert v.backend == "decord" and len(v.distinct) > 4  # several chunks
+    after = resize_to_budget(v.distinct, sar=v.info.sar)[v.inverse]
+    assert np.array_equal(decode_for_reward(str(path), FrameSpec()), after)
+
+
+def test_a_failing_transform_is_not_a_decoder_failure(shared_data):
+    """The transform's own error reaches the caller as raised (no silent PyAV retry); a decord failure in
+    a later chunk falls back to PyAV with the right frames."""
+    import decord
+
+    from videoalign_ray.data import video as video_mod
+
+    path = shared_data / "videoalign-examples" / "videos" / "example_2_A.mp4"
+
+    def bad(frames, info):
+        raise ValueError("transform says no")
+
+    with pytest.raises(ValueError, match="transform says no"):
+        load_video(path, target_fps=2.0, transform=bad)
+    ref = load_video(path, target_fps=2.0, backend="pyav")
+    calls = []
+    real = decord.VideoReader.get_batch
+
+    def flaky(self, indices):
+        calls.append(indices)
+        if len(calls) == 2:
+            raise RuntimeError("decord broke mid-stream")
+        return real(self, indices)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(video_mod.decord.VideoReader, "get_batch", flaky)
+    try:
+        v = load_video(path, target_fps=2.0, transform=lambda f, info: f[:, ::2, ::2])
+    finally:
+        mp.undo()
+    assert len(calls) >= 2 and v.backend == "pyav"
+    assert np.array_equal(v.distinct, ref.distinct[:, ::2, ::2])
+
+
+@pytest.mark.parametrize("rotation,corner,shape", [(180, "bottom-right", (96, 128)), (90, "bottom-left", (128, 96)),
+                                                    (-90, "top-right", (128, 96))])
+def test_rotation_flags_of_h264_give_the_display_orientation(tmp_path, rotation, corner, shape):
+    """An H.264 clip whose coded frames are white in the top-left corner, stored with a display rotation
+    (counter-clockwise degrees): turned 180 the white corner is bottom-right, 90 counter-clockwise bottom-left,
+    90 clockwise top-right. decord rotates 180-degree clips itself, so rotated clips decode with PyAV (before,
+    decord's frames were rotated twice: the right way up on disk, upside down here)."""
+    path = tmp_path / f"rot{rotation}.mp4"
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        s.set_display_rotation(rotation)
+        arr = np.zeros((96, 128, 3), np.uint8)
+        arr[:32, :32] = 255
+        for _ in range(24):
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    small = lambda f, info: f[:, ::2, ::2]  # noqa: E731 - a transform runs after the rotation
+    for v in (load_video(path, num_frames=4), load_video(path, num_frames=4, transform=small)):
+        f = v.distinct[0, ..., 0].astype(float)
+        h, w = f.shape
+        means = {"top-left": f[:h // 2, :w // 2].mean(), "top-right": f[:h // 2, w // 2:].mean(),
+                 "bottom-left": f[h // 2:, :w // 2].mean(), "bottom-right": f[h // 2:, w // 2:].mean()}
+        assert max(means, key=means.get) == corner, (v.backend, means)
+        assert v.distinct.shape[1:3] in (shape, (shape[0] // 2, shape[1] // 2))
+
+
 def test_text_file_is_not_a_video(shared_data):
     with pytest.raises(VideoDecodeError, match="not a video"):
         load_video(shared_data / "odd-encodings" / "moviepy" / "LICENCE.txt", num_frames=4)

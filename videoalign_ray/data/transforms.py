@@ -19,7 +19,8 @@ import torch.nn.functional as F
 # Bumped whenever decoding (data/video.py) or resizing (here) changes the pixels of a frame; part of the frame
 # and latent cache keys, so caches written before the change are not mixed with frames made after it.
 # 2 (2026-11-24): upscaling antialiased as the processor does; HEVC / MPEG-4 decoded by PyAV (decord's seeks
-# returned wrong frames).
+# returned wrong frames); clips with a rotation flag decoded by PyAV (decord's 180-degree ones came out upside
+# down).
 FRAMES_VERSION = 2
 
 

@@ -8,16 +8,18 @@ PyAV is used instead of decord when the probe shows something decord is known to
 (see ../shared/data/odd-encodings/MANIFEST.csv): GIF, several video streams (the two pick different
 ones; we take the first), pixel formats other than 8-bit 4:2:0, tiny frames; every codec but H.264
 (decord's random access returns the wrong frames of HEVC and MPEG-4 Part 2 with B-frames, up to 4 frames
-off: tests/test_video.py); and whenever decord raises or returns frames of the wrong shape.
+off: tests/test_video.py); a rotation flag (decord rotates by 180 degrees itself, so rotating its frames
+again showed them upside down); and whenever decord raises or returns frames of the wrong shape.
 
-Untrusted bytes (uploads, any dataset) are opened with an allow-list of demuxers that never open other
-files (no concat, HLS, DASH, SDP, image2 patterns; ``file:`` protocol only) and checked against
-:class:`DecodeLimits` (resolution, duration, frame counts, decoded bytes) before any frame is allocated.
+Files are opened and checked by ``probe.py`` (allow-listed demuxers, :class:`DecodeLimits` before any frame
+is allocated); this module decodes the sampled frames.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,16 @@ import av
 import numpy as np
 
 from videoalign_ray.data.encode import write_mp4  # noqa: F401 - re-exported: the decoder's counterpart
+from videoalign_ray.data.probe import (  # noqa: F401 - re-exported: callers import them from here
+    ALLOWED_FORMATS,
+    DecodeLimits,
+    VideoDecodeError,
+    VideoInfo,
+    VideoLimitError,
+    check_limits,
+    open_untrusted,
+    probe,
+)
 from videoalign_ray.data.sampling import sample_indices
 
 try:  # decord ships x86-64 wheels only
@@ -38,176 +50,26 @@ except ImportError:  # pragma: no cover - depends on the platform
 # HEVC with a keyframe every 12 frames and MPEG-4 Part 2 with B-frames come back up to 4 frames off.
 _DECORD_CODECS = {"h264"}
 _DECORD_PIX_FMTS = {"yuv420p", "yuvj420p"}
-# FFmpeg "decodes" text files as ANSI art through its tty demuxer: that is not a video.
-_NOT_VIDEO_FORMATS = {"tty"}
-_NOT_VIDEO_CODECS = {"ansi", "text", "bintext", "xbin", "idf"}
-# Demuxers that read only the bytes of the file they are given. Everything else (concat, hls, dash, sdp,
-# image2 and its pattern matching, tee, ...) is refused before FFmpeg picks it; "file" is the only protocol.
-ALLOWED_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "gif", "mpegts", "flv", "ogg")
-_OPEN_OPTIONS = {"format_whitelist": ",".join(ALLOWED_FORMATS), "protocol_whitelist": "file"}
 
 
-class VideoDecodeError(RuntimeError):
-    """The file cannot be decoded into frames; the message names the path and the cause."""
-
-
-class VideoLimitError(VideoDecodeError):
-    """The video is readable but over a :class:`DecodeLimits` limit (checked before decoding frames)."""
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Caps checked from the container's header before any frame is allocated.
-
-    ``max_frame_pixels``: coded width x height of one frame. ``max_duration_s``: seconds of video.
-    ``max_source_frames``: frames the container holds (or that are counted by decoding when it does not
-    say). ``max_sampled_frames``: frames a sampler may ask for (repeats included). ``max_decoded_bytes``:
-    bytes of the distinct decoded RGB frames (repeated frames are views and cost nothing).
-    The defaults are generous (training data); the reward service passes tighter ones.
-    """
-
-    max_frame_pixels: int = 8192 * 4320
-    max_duration_s: float = 4 * 3600.0
-    max_source_frames: int = 1_000_000
-    max_sampled_frames: int = 4096
-    max_decoded_bytes: int = 8 << 30
-
-
-# FFmpeg's stream-info search decodes up to ~7 frames of every stream to learn what the headers leave out
-# (pixel format, decoder delay): ~4.6 ms a file on the benchmark's clips, 31 ms on a 3026x1386 one. Nothing
-# here needs it: the probe decodes its one frame itself and reads those values from the decoder. Streams past
-# the 32nd (hostile files) are probed as FFmpeg does by default.
-_STREAM_OPTIONS = {"skip_frame": "all"}
-
-
-def _decoder_options(limits: DecodeLimits) -> dict[str, str]:
-    """FFmpeg decoder options: refuse frames over ``limits.max_frame_pixels`` (a header can lie)."""
-    return {"max_pixels": str(limits.max_frame_pixels)}
-
-
-def _open(path: str):
-    """``av.open`` for reading untrusted files: allow-listed demuxers, ``file`` protocol only, no decoding
-    while FFmpeg looks for stream information."""
-    return av.open(path, options=dict(_OPEN_OPTIONS), stream_options=[dict(_STREAM_OPTIONS) for _ in range(32)])
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the container says about its first video stream.
-
-    ``width``/``height`` are coded pixels before rotation; ``num_frames`` may be 0 when unknown;
-    ``fps`` is frames per second (average rate); ``rotation`` in degrees counter-clockwise as FFmpeg's
-    display matrix gives it; ``sar`` the sample (pixel) aspect ratio.
-    """
-
-    path: str
-    codec: str
-    container: str
-    pix_fmt: str
-    width: int
-    height: int
-    num_frames: int
-    fps: float
-    duration_s: float
-    rotation: int
-    sar: float
-    num_video_streams: int
-
-    @property
-    def display_size(self) -> tuple[int, int]:
-        """(height, width) in display pixels: rotation applied, non-square pixels stretched."""
-        w = self.width * self.sar
-        h = float(self.height)
-        if self.rotation % 180 != 0:
-            w, h = h, w
-        return max(1, round(h)), max(1, round(w))
-
-    @property
-    def claimed_frames(self) -> int:
-        """Frame count from the header, or estimated from duration * fps; 0 when neither is known."""
-        if self.num_frames > 0:
-            return self.num_frames
-        if self.duration_s > 0 and self.fps > 0:
-            return int(round(self.duration_s * self.fps))
-        return 0
-
-
-def probe(path: str | Path, limits: DecodeLimits | None = None) -> VideoInfo:
-    """Read stream metadata with PyAV (decodes one frame for the rotation flag, after the size check).
-
-    Raises:
-        VideoDecodeError: not a readable video (missing file, a demuxer outside :data:`ALLOWED_FORMATS`, no
-            video stream, no decodable frame).
-        VideoLimitError: a frame larger than ``limits.max_frame_pixels``.
-    """
-    path = str(path)
-    limits = limits or DecodeLimits()
-    try:
-        with _open(path) as container:
-            streams = container.streams.video
-            if not streams:
-                raise VideoDecodeError(f"{path}: no video stream")
-            s = streams[0]
-            cc = s.codec_context
-            if container.format.name in _NOT_VIDEO_FORMATS or cc.name in _NOT_VIDEO_CODECS:
-                raise VideoDecodeError(
-                    f"{path}: not a video (FFmpeg reads it as {container.format.name}/{cc.name}, e.g. a text file)"
-                )
-            if cc.width * cc.height > limits.max_frame_pixels:
-                raise VideoLimitError(f"{path}: frame of {cc.width}x{cc.height} pixels is over the limit of "
-                                      f"{limits.max_frame_pixels} pixels per frame")
-            rate = s.average_rate or s.guessed_rate or s.base_rate
-            fps = float(rate) if rate else 0.0
-            if s.duration is not None and s.time_base is not None:
-                duration = float(s.duration * s.time_base)
-            elif container.duration is not None:
-                duration = container.duration / av.time_base
-            else:
-                duration = 0.0
-            # one frame on one thread: FFmpeg's automatic threads cost more to start than this frame takes
-            # (42 real clips: 1.01 s -> 0.79 s for the probe); the decoder itself refuses a frame over the
-            # pixel limit, whatever size the header claimed
-            cc.thread_count = 1
-            cc.options = _decoder_options(limits)
-            frame = next(container.decode(s), None)
-            if frame is None:
-                raise VideoDecodeError(f"{path}: no decodable frame")
-            # pixel format and the bitstream's pixel aspect come from the decoder (the open did not decode)
-            sar = s.sample_aspect_ratio or cc.sample_aspect_ratio
-            sar = float(sar) if sar else 1.0
-            return VideoInfo(
-                path=path,
-                codec=cc.name,
-                container=container.format.name,
-                pix_fmt=frame.format.name,
-                width=cc.width,
-                height=cc.height,
-                num_frames=int(s.frames or 0),
-                fps=fps,
-                duration_s=duration,
-                rotation=int(frame.rotation or 0),
-                sar=sar if sar > 0 else 1.0,
-                num_video_streams=len(streams),
-            )
-    except VideoDecodeError:
-        raise
-    except av.error.ArgumentError as exc:  # what FFmpeg says when only refused demuxers match
-        raise VideoDecodeError(f"{path}: not a video container this service reads (allowed: "
-                               f"{', '.join(f.split(',')[0] for f in ALLOWED_FORMATS)}) ({exc.strerror})") from exc
-    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types; report them all with the path
-        raise VideoDecodeError(f"{path}: cannot open video ({type(exc).__name__}: {exc})") from exc
-
-
-def _use_decord(info: VideoInfo) -> bool:
+def _decord_by_header(info: VideoInfo) -> bool:
+    """What the header alone says about decord (see :func:`_use_decord`)."""
     return (
         decord is not None
         and info.num_video_streams == 1
         and info.codec in _DECORD_CODECS
-        and info.pix_fmt in _DECORD_PIX_FMTS
         and info.container not in ("gif", "mpegts")
         and info.width >= 16
         and info.height >= 16
         and info.num_frames > 0
+    )
+
+
+def _use_decord(info: VideoInfo) -> bool:
+    return (
+        _decord_by_header(info)
+        and info.pix_fmt in _DECORD_PIX_FMTS
+        and info.rotation % 360 == 0  # decord applies a 180-degree display matrix itself, 90 turns the shape
     )
 
 
@@ -217,16 +79,74 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
 
 
-def _decode_decord(info: VideoInfo, indices: np.ndarray) -> np.ndarray:
-    """Frames at ``indices`` (distinct, increasing)."""
-    vr = decord.VideoReader(info.path, num_threads=0)  # 0 = decord picks (like PyAV AUTO)
-    n = len(vr)
-    if n != info.num_frames:
-        raise VideoDecodeError(f"decord counts {n} frames, container {info.num_frames}")
-    frames = vr.get_batch(indices.tolist()).asnumpy()
-    if frames.shape[1:] != (info.height, info.width, 3):
-        raise VideoDecodeError(f"decord returned frames of shape {frames.shape[1:]}")
-    return frames
+class _DecordFailed(Exception):
+    """decord raised or returned frames of the wrong shape (load_video falls back to PyAV)."""
+
+
+# decord decodes on a thread of the call's own, started as soon as the header allows it, so its open overlaps
+# the probe's one-frame check (both ~5 ms a clip). With a transform (e.g. the reward model's resize) it decodes
+# in chunks and the caller's thread transforms chunk i while chunk i+1 decodes: decord keeps ~1.5 of 2 cores
+# busy, so the resize mostly hides in the idle part (18 clips, 2 fps, 448x448 budget: decord + resize 1.07x
+# of decord alone in one piece, 1.02x in 4 chunks).
+_DECODE_CHUNKS = 4
+_DECODE_TIMEOUT_S = 1800.0
+
+
+class _DecordJob:
+    """decord decoding ``indices`` (distinct, increasing) of ``info.path`` in ``chunks`` pieces, in order, on
+    a one-thread pool; :meth:`collect` waits for the pieces, :meth:`cancel` drops what has not started."""
+
+    def __init__(self, info: VideoInfo, indices: np.ndarray, chunks: int):
+        self.path, self.num_frames, self.indices = info.path, info.num_frames, indices
+        self.reader = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decord")
+        self.chunks = np.array_split(indices, max(1, min(chunks, len(indices))))
+        self.futures = [self.pool.submit(self._open_reader)] + [self.pool.submit(self._get, c) for c in self.chunks]
+
+    def _open_reader(self) -> None:
+        try:
+            self.reader = decord.VideoReader(self.path, num_threads=0)  # 0 = decord picks (like PyAV AUTO)
+            n = len(self.reader)
+        except Exception as exc:  # noqa: BLE001 - decord raises its own error types
+            raise _DecordFailed(str(exc)) from exc
+        if n != self.num_frames:
+            raise _DecordFailed(f"decord counts {n} frames, container {self.num_frames}")
+
+    def _get(self, chunk: np.ndarray) -> np.ndarray:
+        if self.reader is None:
+            raise _DecordFailed("decord did not open the file")
+        try:
+            return self.reader.get_batch(chunk.tolist()).asnumpy()
+        except Exception as exc:  # noqa: BLE001
+            raise _DecordFailed(str(exc)) from exc
+
+    def collect(self, info: VideoInfo, finish) -> np.ndarray:
+        """``finish`` of every chunk, concatenated.
+
+        Raises:
+            _DecordFailed: decord raised, counted other frames than the container, or returned the wrong shape.
+            VideoDecodeError: a piece did not decode within ``_DECODE_TIMEOUT_S``.
+        """
+        try:
+            out = []
+            for i, f in enumerate(self.futures):
+                try:
+                    frames = f.result(timeout=_DECODE_TIMEOUT_S)
+                except TimeoutError:
+                    what = "open it" if i == 0 else f"decode frames {self.chunks[i - 1][0]}..{self.chunks[i - 1][-1]}"
+                    raise VideoDecodeError(f"{self.path}: decord did not {what} within "
+                                           f"{_DECODE_TIMEOUT_S:.0f} s") from None
+                if i == 0:
+                    continue
+                if frames.shape[1:] != (info.height, info.width, 3):
+                    raise _DecordFailed(f"decord returned frames of shape {frames.shape[1:]}")
+                out.append(finish(frames))
+            return out[0] if len(out) == 1 else np.concatenate(out)
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)  # a hung decode must not hold the caller
 
 
 def _decode_pyav(info: VideoInfo, indices: np.ndarray) -> tuple[np.ndarray, int]:
@@ -238,7 +158,7 @@ def _decode_pyav(info: VideoInfo, indices: np.ndarray) -> tuple[np.ndarray, int]
     last = int(indices.max())
     out: list[np.ndarray] = []
     count = 0
-    with _open(info.path) as container:
+    with open_untrusted(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         with contextlib.suppress(av.error.InvalidDataError, av.error.EOFError):
@@ -260,7 +180,7 @@ def _decode_pyav(info: VideoInfo, indices: np.ndarray) -> tuple[np.ndarray, int]
 def _count_frames_pyav(path: str, limit: int) -> int:
     """Frames decodable from the stream, counted by decoding; stops (and raises) past ``limit``."""
     count = 0
-    with _open(path) as container, contextlib.suppress(av.error.InvalidDataError, av.error.EOFError):
+    with open_untrusted(path) as container, contextlib.suppress(av.error.InvalidDataError, av.error.EOFError):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for _ in container.decode(stream):
@@ -274,8 +194,9 @@ def _count_frames_pyav(path: str, limit: int) -> int:
 class DecodedVideo:
     """Sampled frames in display orientation, the source indices, the probe and the backend.
 
-    ``distinct``: uint8 ``(U, H, W, 3)``, one per distinct source index; ``inverse``: int64 ``(T,)`` maps each
-    sampled position to its row of ``distinct`` (a sampler repeats frames of short clips).
+    ``distinct``: uint8 ``(U, H, W, 3)``, one per distinct source index (after ``load_video``'s transform, if
+    any: then ``(U, h, w, 3)``); ``inverse``: int64 ``(T,)`` maps each sampled position to its row of
+    ``distinct`` (a sampler repeats frames of short clips). ``info`` describes the source file.
     """
 
     distinct: np.ndarray
@@ -299,28 +220,6 @@ def expand_frames(distinct: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     return distinct[inverse]
 
 
-def check_limits(info: VideoInfo, total_frames: int, sampled: np.ndarray, distinct: np.ndarray,
-                 limits: DecodeLimits) -> None:
-    """Refuse, before decoding, what would exceed ``limits`` (see :class:`DecodeLimits`); ``sampled`` are the
-    frame indices a sampler asked for, ``distinct`` the ones that will be decoded.
-
-    Raises:
-        VideoLimitError: naming the limit and the value that broke it.
-    """
-    def over(what: str, value, limit) -> VideoLimitError:
-        return VideoLimitError(f"{info.path}: {what} {value} is over the limit of {limit}")
-
-    if info.duration_s > limits.max_duration_s:
-        raise over("duration (s)", round(info.duration_s, 3), limits.max_duration_s)
-    if total_frames > limits.max_source_frames:
-        raise over("frame count", total_frames, limits.max_source_frames)
-    if len(sampled) > limits.max_sampled_frames:
-        raise over("sampled frame count", len(sampled), limits.max_sampled_frames)
-    decoded = len(distinct) * info.width * info.height * 3
-    if decoded > limits.max_decoded_bytes:
-        raise over("decoded size (bytes)", decoded, limits.max_decoded_bytes)
-
-
 def load_video(
     path: str | Path,
     *,
@@ -330,6 +229,7 @@ def load_video(
     max_frames: int = 768,
     backend: str = "auto",
     limits: DecodeLimits | None = None,
+    transform: Callable[[np.ndarray, VideoInfo], np.ndarray] | None = None,
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video (see :func:`sample_indices`).
 
@@ -343,55 +243,81 @@ def load_video(
         backend: ``auto`` (decord where it is safe, else PyAV), ``pyav`` (always PyAV) or ``decord``
             (decord where it is safe, with no fallback: for benchmarks).
         limits: checked before decoding (default :class:`DecodeLimits`).
+        transform: ``transform(frames, info)`` maps uint8 ``(t, H, W, 3)`` display-oriented frames to uint8
+            ``(t, h, w, 3)`` frame by frame (e.g. a resize); ``distinct`` holds its output. On the decord
+            path it runs on chunks while the next chunk decodes; its errors propagate as raised.
 
     Raises:
         VideoDecodeError: unreadable, a refused container, empty, or truncated beyond ``min_decoded_fraction``.
         VideoLimitError: over ``limits`` (a subclass of VideoDecodeError).
     """
     limits = limits or DecodeLimits()
-    info = probe(path, limits)
-    total = info.claimed_frames
-    if total <= 0:  # no duration, no frame count: count by decoding (one extra pass)
-        total = _count_frames_pyav(info.path, limits.max_source_frames)
-        if total <= 0:
-            raise VideoDecodeError(f"{info.path}: no decodable frame")
-    indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames)
-    distinct, inverse = np.unique(indices, return_inverse=True)
-    check_limits(info, total, indices, distinct, limits)
     if backend not in ("auto", "pyav", "decord"):
         raise ValueError(f"unknown backend {backend!r}")
-    used = "pyav"
-    frames = None
-    if backend != "pyav" and _use_decord(info):
-        try:
-            frames = _decode_decord(info, distinct)
-            used = "decord"
-        except Exception as exc:  # noqa: BLE001 - any decord failure falls back to PyAV
-            if backend == "decord":
-                raise VideoDecodeError(f"{info.path}: decord failed ({exc})") from exc
-            frames = None
-    elif backend == "decord":
-        raise VideoDecodeError(f"{info.path}: decord is unsafe for {info.codec}/{info.pix_fmt}/{info.container}")
-    if frames is None:
-        try:
-            frames, decoded = _decode_pyav(info, distinct)
-        except VideoDecodeError as exc:
-            raise VideoDecodeError(f"{info.path}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001
-            raise VideoDecodeError(f"{info.path}: PyAV failed ({type(exc).__name__}: {exc})") from exc
-        if len(frames) < len(distinct):  # stream ended early: the container over-claims its length
-            # Only a stated frame count is a promise; a duration-based estimate (MPEG-TS) is not.
-            if info.num_frames > 0 and decoded < min_decoded_fraction * total:
-                raise VideoDecodeError(
-                    f"{info.path}: truncated: decoded {decoded} of {total} frames the container claims "
-                    f"(< min_decoded_fraction {min_decoded_fraction})"
+
+    def plan(info: VideoInfo, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames)
+        distinct, inverse = np.unique(indices, return_inverse=True)
+        check_limits(info, total, indices, distinct, limits)
+        return indices, distinct, inverse
+
+    job: _DecordJob | None = None
+
+    def start_decord(header: VideoInfo) -> None:  # before the probe's frame check: the two overlap
+        nonlocal job
+        if backend != "pyav" and _decord_by_header(header):
+            job = _DecordJob(header, plan(header, header.num_frames)[1], _DECODE_CHUNKS if transform else 1)
+
+    def finish(frames: np.ndarray) -> np.ndarray:
+        frames = _rotate(frames, info.rotation)
+        return frames if transform is None else transform(frames, info)
+
+    try:
+        info = probe(path, limits, on_header=start_decord)
+        total = info.claimed_frames
+        if total <= 0:  # no duration, no frame count: count by decoding (one extra pass)
+            total = _count_frames_pyav(info.path, limits.max_source_frames)
+            if total <= 0:
+                raise VideoDecodeError(f"{info.path}: no decodable frame")
+        indices, distinct, inverse = plan(info, total)
+
+        used = "pyav"
+        frames = None
+        if backend != "pyav" and _use_decord(info):
+            if job is None or not np.array_equal(job.indices, distinct):  # the header's plan differs: start anew
+                job = _DecordJob(info, distinct, _DECODE_CHUNKS if transform else 1)
+            try:
+                frames = job.collect(info, finish)
+                used = "decord"
+            except _DecordFailed as exc:  # falls back to PyAV
+                if backend == "decord":
+                    raise VideoDecodeError(f"{info.path}: decord failed ({exc})") from exc
+                frames = None
+        elif backend == "decord":
+            raise VideoDecodeError(f"{info.path}: decord is unsafe for {info.codec}/{info.pix_fmt}/{info.container}")
+        if frames is None:
+            try:
+                frames, decoded = _decode_pyav(info, distinct)
+            except VideoDecodeError as exc:
+                raise VideoDecodeError(f"{info.path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001
+                raise VideoDecodeError(f"{info.path}: PyAV failed ({type(exc).__name__}: {exc})") from exc
+            if len(frames) < len(distinct):  # stream ended early: the container over-claims its length
+                # Only a stated frame count is a promise; a duration-based estimate (MPEG-TS) is not.
+                if info.num_frames > 0 and decoded < min_decoded_fraction * total:
+                    raise VideoDecodeError(
+                        f"{info.path}: truncated: decoded {decoded} of {total} frames the container claims "
+                        f"(< min_decoded_fraction {min_decoded_fraction})"
+                    )
+                indices = sample_indices(
+                    decoded, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames
                 )
-            indices = sample_indices(
-                decoded, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames
-            )
-            distinct, inverse = np.unique(indices, return_inverse=True)
-            frames, _ = _decode_pyav(info, distinct)
-            if len(frames) < len(distinct):
-                raise VideoDecodeError(f"{info.path}: decoded {len(frames)} frames on a second pass, {decoded} on the first")
-    return DecodedVideo(distinct=_rotate(frames, info.rotation), inverse=inverse.reshape(-1), indices=indices,
-                        info=info, backend=used)
+                distinct, inverse = np.unique(indices, return_inverse=True)
+                frames, _ = _decode_pyav(info, distinct)
+                if len(frames) < len(distinct):
+                    raise VideoDecodeError(f"{info.path}: decoded {len(frames)} frames on a second pass, {decoded} on the first")
+            frames = finish(frames)
+        return DecodedVideo(distinct=frames, inverse=inverse.reshape(-1), indices=indices, info=info, backend=used)
+    finally:
+        if job is not None:
+            job.cancel()  # a decode the probe ruled out (rotation, pixel format) or an error: drop it

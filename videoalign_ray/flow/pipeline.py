@@ -75,9 +75,9 @@ def _decode_row(row: dict, spec: EncodeSpec) -> dict:
             out["status"] = "cached"
             return out
         video = load_video(row["path"], num_frames=spec.num_frames, min_decoded_fraction=spec.min_decoded_fraction,
-                           backend=spec.video_backend)
-        small = resize_center_crop(video.distinct, spec.height, spec.width, sar=video.info.sar)
-        out["frames"] = np.ascontiguousarray(expand_frames(small, video.inverse))
+                           backend=spec.video_backend,
+                           transform=lambda f, info: resize_center_crop(f, spec.height, spec.width, sar=info.sar))
+        out["frames"] = np.ascontiguousarray(expand_frames(video.distinct, video.inverse))
         out["status"] = "decoded"
     except (VideoDecodeError, OSError, ValueError) as exc:
         out["error"] = str(exc)

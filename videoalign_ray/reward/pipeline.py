@@ -21,7 +21,7 @@ import ray
 from videoalign_ray.data.cache import KeyRows, TensorCache
 from videoalign_ray.data.schema import DIMENSIONS, PreferencePair, Reject
 from videoalign_ray.data.transforms import FRAMES_VERSION, resize_to_budget
-from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, expand_frames, load_video
+from videoalign_ray.data.video import DecodeLimits, VideoDecodeError, VideoInfo, expand_frames, load_video
 from videoalign_ray.runtime.key_table import write_key_table
 from videoalign_ray.runtime.launch import collect_rows, current_node_id
 
@@ -41,15 +41,17 @@ class FrameSpec:
 
 def decode_for_reward(path: str, spec: FrameSpec, limits: DecodeLimits | None = None) -> np.ndarray:
     """uint8 ``(T, H, W, 3)``: sampled at ``spec.fps`` and resized to the budget (distinct frames are resized
-    once, then repeated).
+    once, then repeated; on the decord path chunk by chunk while the next chunk decodes).
 
     Raises:
         VideoDecodeError: unreadable, or over ``limits`` (VideoLimitError).
     """
-    v = load_video(path, target_fps=spec.fps, max_frames=spec.max_frames, limits=limits)
-    small = resize_to_budget(v.distinct, sar=v.info.sar, factor=spec.factor, min_pixels=spec.min_pixels,
-                             max_pixels=spec.max_pixels)
-    return np.ascontiguousarray(expand_frames(small, v.inverse))
+    def resize(frames: np.ndarray, info: VideoInfo) -> np.ndarray:
+        return resize_to_budget(frames, sar=info.sar, factor=spec.factor, min_pixels=spec.min_pixels,
+                                max_pixels=spec.max_pixels)
+
+    v = load_video(path, target_fps=spec.fps, max_frames=spec.max_frames, limits=limits, transform=resize)
+    return np.ascontiguousarray(expand_frames(v.distinct, v.inverse))
 
 
 def labels_of(pair: PreferencePair) -> np.ndarray:
