@@ -309,10 +309,7 @@ def load_video(
                         f"{info.path}: truncated: decoded {decoded} of {total} frames the container claims "
                         f"(< min_decoded_fraction {min_decoded_fraction})"
                     )
-                indices = sample_indices(
-                    decoded, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames
-                )
-                distinct, inverse = np.unique(indices, return_inverse=True)
+                indices, distinct, inverse = plan(info, decoded)  # fewer frames: the limits hold a fortiori
                 frames, _ = _decode_pyav(info, distinct)
                 if len(frames) < len(distinct):
                     raise VideoDecodeError(f"{info.path}: decoded {len(frames)} frames on a second pass, {decoded} on the first")
