@@ -88,7 +88,7 @@ class TensorCache:
             with self._fs.open_output_stream(self.path(key)) as f:  # visible once the upload completes
                 f.write(data)
             return
-        with atomic_path(self.path(key)) as tmp:
+        with atomic_path(self.path(key), fsync=False) as tmp:
             save_file({"value": value.contiguous()}, str(tmp))
 
 

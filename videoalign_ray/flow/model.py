@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from videoalign_ray.errors import ModelPathError
+from videoalign_ray.runtime.fileio import current_umask
 
 # Tiny preset: works on 32x32-pixel videos directly (pixel-space latents, see pixel_vae.py),
 # patch 1x4x4 -> 64 tokens per frame; ~1.0 M parameters.
@@ -81,6 +82,7 @@ def materialize_tiny_base(target: str | Path, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-base-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
         torch.manual_seed(seed)
         WanTransformer3DModel(**TINY_TRANSFORMER).save_pretrained(tmp / "transformer", safe_serialization=True)
         PixelSpaceVAE().save_pretrained(tmp / "vae")

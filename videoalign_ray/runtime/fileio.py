@@ -1,29 +1,72 @@
 """Atomic file writes (a reader never sees a partial file: temp file in the same folder + rename), and storage
-locations given as a local path or a URI."""
+locations given as a local path or a URI.
+
+The temporary files and folders come from :mod:`tempfile`, which creates them 0600 / 0700 whatever the umask;
+they are given the mode an ordinary ``open()`` / ``mkdir()`` would have (0666 / 0777 less the umask) before they
+are renamed into place, so outputs on a shared volume stay readable by the group and by other users (a Serve
+pod running as another user loading the adapter) exactly as the user's umask allows.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (``os.umask`` can only be read by setting it: set and restored under a lock)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root`` and the folders themselves (the data reaches the disk before the rename
+    that publishes it; a power loss leaves the old version or the new one, never an empty file)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                _fsync(p)
+        _fsync(Path(dirpath))
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    The caller writes the whole file to the yielded path. If the block raises, the temporary file is
-    removed and ``path`` is left untouched (absent or the previous version).
+    The caller writes the whole file to the yielded path. The file has the umask's mode (0666 less the umask)
+    and is fsynced before the rename (``fsync=False`` for files that can be recomputed, such as cache entries).
+    If the block raises, the temporary file is removed and ``path`` is left
+    untouched (absent or the previous version).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         yield Path(tmp)
+        if fsync:
+            _fsync(Path(tmp))
         os.replace(tmp, path)
+        if fsync:
+            _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -40,7 +83,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed after).
 
-    If the block raises, the temporary folder is removed and ``path`` is left as it was.
+    The folder gets the umask's mode (0777 less the umask); its contents are fsynced before the rename. If the
+    block raises, the temporary folder is removed and ``path`` is left as it was.
     """
     import shutil
 
@@ -48,11 +92,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
+        _fsync_tree(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(path.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

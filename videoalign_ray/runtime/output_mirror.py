@@ -121,7 +121,7 @@ class OutputMirror:
             if mine is not None and mine.stat().st_mtime_ns >= info.mtime_ns:
                 continue
             target = self.local / rel
-            with atomic_path(target) as tmp, self._fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
+            with atomic_path(target, fsync=False) as tmp, self._fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 24):
                     dst.write(chunk)
             os.utime(target, ns=(time.time_ns(), info.mtime_ns))
