@@ -38,6 +38,17 @@ class _LogLines(io.StringIO):
         pass
 
 
+class _LogBar(tqdm):
+    """tqdm whose ``set_postfix`` / ``set_description`` wait for the next throttled refresh: tqdm's default
+    ``refresh=True`` would write a log line on every call (a line per training step), defeating the interval."""
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+        super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+    def set_description(self, desc=None, refresh=False):
+        super().set_description(desc, refresh=refresh)
+
+
 def every_s() -> float:
     """Seconds between progress lines without a terminal (``VIDEOALIGN_PROGRESS_EVERY_S``, default 30).
 
@@ -60,5 +71,5 @@ def progress(total: int | None, desc: str, unit: str = "it", *, initial: int = 0
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, mininterval=2.0)
     interval = every_s()
     # ncols fixed and ascii: the same line in any log viewer; the monitor thread is off (it only tunes miniters)
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=_LogLines(log), mininterval=interval,
+    return _LogBar(total=total, desc=desc, unit=unit, initial=initial, file=_LogLines(log), mininterval=interval,
                 maxinterval=max(interval, 10.0), ncols=100, ascii=True, miniters=1)
