@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from videoalign_ray.errors import ConfigError
 
@@ -54,6 +54,12 @@ class JobConfig(BaseModel):
         """The resolved config as JSON-compatible values (for MLflow params and config.yaml)."""
         return json.loads(self.model_dump_json())
 
+    def effective(self: C) -> C:
+        """This config with every value that was left to a default chosen at run time (``None``: "from the
+        preset") replaced by the value the job uses, for ``config.yaml`` and the MLflow params. Job configs whose
+        defaults come from a preset override it; the base returns ``self``."""
+        return self
+
 
 class RuntimeSection(JobConfig):
     """Where a job writes, how it is seeded and tracked."""
@@ -69,6 +75,19 @@ class RuntimeSection(JobConfig):
     mlflow_experiment: str = Field("videoalign-ray", description="MLflow experiment name.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of videoalign_ray's loggers (stderr; other libraries log WARNING and up).")
+    resume: bool = Field(False, description="Continue the run in --output-dir even though its config.yaml differs "
+                         "in a setting that changes results (the differences are logged); without it such a rerun "
+                         "stops with the list of changed keys.")
+    overwrite: bool = Field(False, description="Start over in --output-dir: remove the earlier run there (checkpoints, "
+                            "final/, samples, tables) and start a new MLflow run; the latent cache and the MLflow store "
+                            "(with the earlier run) are kept. Checkpoints under a "
+                            "--storage-path elsewhere are not touched: give those a new --run-name.")
+
+    @model_validator(mode="after")
+    def _resume_or_overwrite(self):
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the earlier run or start over")
+        return self
 
 
 def parse_weights(text: str) -> tuple[float, float, float]:
@@ -182,10 +201,6 @@ class TrainSection(JobConfig):
     fail_at_step: int | None = Field(
         None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step."
     )
-
-    def checkpointing_for(self, tiny: bool) -> bool:
-        """``gradient_checkpointing`` as set, else its default: off for a tiny model, on for a real one."""
-        return self.gradient_checkpointing if self.gradient_checkpointing is not None else not tiny
 
 
 def _field_type(annotation: Any) -> tuple[Any, bool]:

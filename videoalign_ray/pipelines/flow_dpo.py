@@ -71,6 +71,12 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
         80.0, gt=0, description="GPU memory per worker; a real-preset step that the memory model "
         "(videoalign_ray/flow/memory.py) puts above 85% of it gets a warning before training starts.")
 
+    def effective(self):
+        """Preset defaults resolved (lr, LoRA rank and alpha, clip size, gradient checkpointing)."""
+        from videoalign_ray.pipelines.effective import with_generator_defaults
+
+        return with_generator_defaults(self)
+
     @model_validator(mode="after")
     def _reference_weights_need_dpo(self):
         if self.reference_weights and self.objective != "dpo":
@@ -122,7 +128,7 @@ def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
         if (checkpoint_dir / "model").is_dir():
             shutil.copytree(checkpoint_dir / "model", tmp / "model")
         shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.effective().to_flat_dict(), sort_keys=True))
     return out / "final"
 
 
@@ -175,6 +181,7 @@ def run_flow_job(cfg: FlowDPOConfig) -> dict:
         DataError: no usable pair, or too many rejects.
         ModelPathError: the real preset without a model folder.
     """
+    cfg = cfg.effective()
     with job_run(cfg, start_ray=True) as job:
         return _run(cfg, job)
 
@@ -219,7 +226,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     use_gpu = use_gpu_default(cfg.use_gpu)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
-    num_frames, height, width = cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width
+    num_frames, height, width = cfg.num_frames, cfg.height, cfg.width
 
     loaded = _load_data(cfg, out)
     extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
@@ -238,14 +245,14 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     n_pairs = encoded.count()
     key_shards, per_worker, micro_batch = split_for_workers(encoded, cfg.num_workers, cfg.batch_size)
     shards = key_shards  # small key rows: each worker loads its micro-batches' latents from the cache
-    lora_rank = cfg.lora_rank or preset.lora_rank
+    lora_rank = cfg.lora_rank
     grad_accum = resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum)
-    checkpointing = cfg.checkpointing_for(tiny=cfg.preset.startswith("tiny"))
+    checkpointing = cfg.gradient_checkpointing
     if not cfg.preset.startswith("tiny"):
         _check_memory(cfg, model_dir, (num_frames, height, width), micro_batch, lora_rank, checkpointing, tracker)
     loop_cfg = LoopConfig(
         model_dir=str(model_dir), objective=cfg.objective, finetune=cfg.finetune, lora_rank=lora_rank,
-        lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or preset.lr, weight_decay=cfg.weight_decay,
+        lora_alpha=cfg.lora_alpha, lr=cfg.lr, weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip, beta=cfg.beta, beta_schedule=cfg.beta_schedule, t_sampling=cfg.t_sampling,
         logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, t_shift=cfg.t_shift, micro_batch=micro_batch,
         grad_accum=grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,

@@ -39,6 +39,12 @@ class GenerateConfig(RuntimeSection, ModelSection):
     shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
     batch_size: int = Field(8, ge=1, description="Videos sampled together.")
 
+    def effective(self):
+        """Preset defaults resolved (clip size)."""
+        from videoalign_ray.pipelines.effective import CLIP_KEYS, with_generator_defaults
+
+        return with_generator_defaults(self, CLIP_KEYS)
+
     @model_validator(mode="after")
     def _one_guide_source(self) -> GenerateConfig:
         if self.guidance_scale > 0 and bool(self.latent_reward) == bool(self.reward_endpoint):
@@ -89,6 +95,7 @@ def sample_batch(transformer, text_encoder, vae, prompts: list[str], seeds: list
 
 def run_generate(cfg: GenerateConfig) -> dict:
     """Sample, score and write; returns the summary (also ``<output_dir>/summary.json``)."""
+    cfg = cfg.effective()
     with job_run(cfg, resume_tracking=False) as job:
         return _run(cfg, job)
 

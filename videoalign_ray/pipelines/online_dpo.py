@@ -94,6 +94,12 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
         """(VQ, MQ, TA) weights the generation actors guide with: ``guidance_weights``, else ``weights``."""
         return parse_weights(self.guidance_weights or self.weights)
 
+    def effective(self):
+        """Preset defaults resolved (lr, LoRA rank, clip size)."""
+        from videoalign_ray.pipelines.effective import with_generator_defaults
+
+        return with_generator_defaults(self)
+
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
     """Run (or resume) every round; returns the summary (also ``<output_dir>/summary.json``).
@@ -102,6 +108,7 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
         DataError: no usable prompt. RewardServiceError: the reward app kept failing (nothing committed).
         TimeoutError: actors did not start, or a prompt group did not finish, in time.
     """
+    cfg = cfg.effective()
     with job_run(cfg, start_ray=True) as job:
         return _run(cfg, job)
 

@@ -36,6 +36,12 @@ class LatentRewardConfig(RuntimeSection, DataSection, ModelSection, TrainSection
     checkpoint_every: int = 200
     log_every: int = 10
 
+    def effective(self):
+        """Preset defaults resolved (clip size)."""
+        from videoalign_ray.pipelines.effective import CLIP_KEYS, with_generator_defaults
+
+        return with_generator_defaults(self, CLIP_KEYS)
+
 
 def _encode(pairs, cfg: LatentRewardConfig, model_dir: Path, out: Path, use_gpu: bool):
     from videoalign_ray.flow.pipeline import encode_pairs
@@ -52,6 +58,7 @@ def run_latent_reward(cfg: LatentRewardConfig) -> dict:
     Raises:
         DataError: no usable pair or too many rejects; ModelPathError: the real preset without a folder.
     """
+    cfg = cfg.effective()
     with job_run(cfg, start_ray=True) as job:
         return _run(cfg, job)
 

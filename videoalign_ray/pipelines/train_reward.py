@@ -46,6 +46,16 @@ class TrainRewardConfig(RuntimeSection, DataSection, TrainSection):
     log_every: int = 10
 
 
+    def effective(self):
+        """Preset defaults resolved: fps 8 / 2, max_pixels 56*56 / 448*448, LM training full / LoRA (tiny / real),
+        LoRA rank 64 and alpha 2 x rank, lr 5e-4 / 2e-6, gradient checkpointing off / on."""
+        tiny = self.preset == "tiny"
+        rank = self.lora_rank or 64
+        fill = {"fps": 8.0 if tiny else 2.0, "max_pixels": TINY_PIXELS if tiny else 448 * 448,
+                "lm_training": "full" if tiny else "lora", "lora_rank": rank, "lora_alpha": 2.0 * rank,
+                "lr": 5e-4 if tiny else 2e-6, "gradient_checkpointing": not tiny}
+        return self.model_copy(update={k: v for k, v in fill.items() if getattr(self, k) is None})
+
 def run_train_reward(cfg: TrainRewardConfig) -> dict:
     """Train, validate, export ``<output_dir>/final`` (our checkpoint with normalisation stats).
 
@@ -54,6 +64,7 @@ def run_train_reward(cfg: TrainRewardConfig) -> dict:
     """
     if cfg.preset != "tiny" and not cfg.model_path:
         raise ModelPathError("preset qwen2-vl-2b needs --model-path to a local Qwen2-VL-2B-Instruct folder")
+    cfg = cfg.effective()
     with job_run(cfg, start_ray=True) as job:
         return _run(cfg, job)
 
@@ -98,8 +109,8 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         load_tokenizer(cfg.model_path).save_pretrained(tok_dir)
 
     use_gpu = use_gpu_default(cfg.use_gpu)
-    spec = FrameSpec(fps=cfg.fps or (8.0 if tiny else 2.0), min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
-                     max_pixels=cfg.max_pixels or (TINY_PIXELS if tiny else 448 * 448))
+    spec = FrameSpec(fps=cfg.fps, min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
+                     max_pixels=cfg.max_pixels)
     cache_dir = resolve_cache_dir(cfg.cache_dir, out)
     train_rows, val_rows = decode_pairs(loaded.pairs, spec, cache_dir), decode_pairs(loaded_val.pairs, spec, cache_dir)
     train_rejects, val_rejects = train_rows.rejects, val_rows.rejects
@@ -117,15 +128,14 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
             raise DataError(f"no {name} pair has two decodable videos; see {out / 'rejects.csv'}")
     # Small key rows: each worker loads the frames of its micro-batches from the cache.
     shards, per_worker, micro_batch = split_for_workers(train_rows, cfg.num_workers, cfg.batch_size)
-    lm_training = cfg.lm_training or ("full" if tiny else "lora")
-    lora_rank = cfg.lora_rank or 64
+    lm_training, lora_rank = cfg.lm_training, cfg.lora_rank
     loop_cfg = RewardLoopConfig(
         tokenizer_dir=str(tok_dir), model_path=cfg.model_path, output_dim=cfg.output_dim,
         reward_token=cfg.reward_token, loss=cfg.loss, lm_training=lm_training, lora_rank=lora_rank,
-        lora_alpha=cfg.lora_alpha or 2.0 * lora_rank, lr=cfg.lr or (5e-4 if tiny else 2e-6), grad_clip=cfg.grad_clip,
+        lora_alpha=cfg.lora_alpha, lr=cfg.lr, grad_clip=cfg.grad_clip,
         weight_decay=cfg.weight_decay, micro_batch=micro_batch,
         grad_accum=resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum),
-        gradient_checkpointing=cfg.checkpointing_for(tiny),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         zero_stage=cfg.zero_stage,
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps,
