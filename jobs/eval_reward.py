@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a VideoReward checkpoint with the VideoGen-RewardBench protocol (accuracy with and without ties).
 
-    python jobs/eval_reward.py --checkpoint outputs/train_reward/final             # synthetic held-out pairs
-    python jobs/eval_reward.py --data ../shared/data/fetv/pairs.csv --checkpoint outputs/train_reward/final
+    python jobs/eval_reward.py --reward-checkpoint outputs/train_reward/final             # synthetic held-out pairs
+    python jobs/eval_reward.py --data ../shared/data/fetv/pairs.csv --reward-checkpoint outputs/train_reward/final
 """
 
 import sys

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Ground-truth win rates of a trained generator vs another on the synthetic world's held-out prompts.
 
-    python jobs/evaluate_generator.py --policy outputs/flow_dpo/final                # vs the base model
-    python jobs/evaluate_generator.py --policy A/final --reference B/final --samples-per-prompt 16
+    python jobs/evaluate_generator.py --policy-weights outputs/flow_dpo/final                # vs the base model
+    python jobs/evaluate_generator.py --policy-weights A/final --reference-weights B/final --samples-per-prompt 16
 """
 
 import sys

@@ -2,8 +2,8 @@
 """Generate videos with optional Flow-NRG reward guidance (per-dimension weights), scored and logged.
 
     python jobs/generate.py                                  # held-out world prompts, no guidance
-    python jobs/generate.py --latent-reward outputs/latent_reward/final --weights 0.1,0.1,0.8 --guidance-scale 2
-    python jobs/generate.py --prompts prompts.txt --reward-endpoint videoreward --guidance-scale 2 --weights 0,0,1
+    python jobs/generate.py --latent-reward outputs/latent_reward/final --reward-weights 0.1,0.1,0.8 --guidance-scale 2
+    python jobs/generate.py --prompts prompts.txt --reward-endpoint videoreward --guidance-scale 2 --reward-weights 0,0,1
 
 Every flag is also a YAML key (``--config run.yaml``); ``--help`` lists them.
 """

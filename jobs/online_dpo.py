@@ -4,7 +4,7 @@ videos, best/worst become fresh on-policy pairs, Flow-DPO trains on them; round 
 
     python jobs/online_dpo.py                        # embedded default: local Ray, tiny-world, ground-truth reward
     python jobs/online_dpo.py --rounds 3 --reward-checkpoint outputs/train_reward/final   # served VideoReward
-    ray job submit --working-dir . -- python jobs/online_dpo.py --generators 4 --reward-endpoint videoreward
+    ray job submit --working-dir . -- python jobs/online_dpo.py --generator-actors 4 --reward-endpoint videoreward
 
 Rerunning the same command resumes where it stopped. Every flag is also a YAML key (``--config run.yaml``).
 """

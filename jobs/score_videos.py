@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Score videos with VideoReward through Ray Data (data filtering, reject sampling).
 
-    python jobs/score_videos.py --input ../shared/data/unifiedreward-wan/videos --checkpoint outputs/train_reward/final
+    python jobs/score_videos.py --data ../shared/data/unifiedreward-wan/videos --reward-checkpoint outputs/train_reward/final
 """
 
 import sys

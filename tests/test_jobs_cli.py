@@ -51,13 +51,21 @@ def test_every_constrained_field_keeps_its_constraint(cls):
 
 @pytest.mark.parametrize("cls", _job_config_classes(), ids=lambda c: c.__name__)
 def test_help_lists_every_flag_with_its_text(cls, capsys):
-    """``--help`` prints every field's flag and description (a "%" in a description once made argparse raise)."""
+    """``--help`` prints every field's flag and description (a "%" in a description once made argparse raise)
+    and its default; test hooks are left out."""
+    from videoalign_ray.config import is_test_hook
+
     with pytest.raises(SystemExit) as done:
         resolve_config(cls, ["--help"])
     assert done.value.code == 0
     text = "".join(capsys.readouterr().out.split())  # argparse wraps the lines, also at hyphens
     for name, field in cls.model_fields.items():
+        if is_test_hook(field):
+            assert "--" + name.replace("_", "-") not in text, name
+            continue
         assert "--" + name.replace("_", "-") in text, name
+        if field.default is not None and not isinstance(field.default, bool):
+            assert f"(default:{field.default})" in text, name
         if field.description:
             assert "".join(field.description.split()) in text, name
 
@@ -70,7 +78,7 @@ def test_help_lists_every_flag_with_its_text(cls, capsys):
     ("pipelines.train_latent_reward", "LatentRewardConfig", ["--batch-size", "0"]),
     ("experiments.pretrain_base", "PretrainConfig", ["--checkpoint-every", "0"]),
     ("pipelines.flow_dpo", "FlowDPOConfig", ["--reward-weights", "1,2"]),
-    ("pipelines.generate", "GenerateConfig", ["--weights=-1,1,1"]),
+    ("pipelines.generate", "GenerateConfig", ["--reward-weights=-1,1,1"]),
     ("pipelines.generate", "GenerateConfig", ["--guidance-scale", "2"]),  # no guide source
 ])
 def test_bad_values_are_refused_by_the_config(module, cls, argv):

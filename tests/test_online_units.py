@@ -108,7 +108,7 @@ def test_guidance_weights_default_to_the_pair_weights_and_can_differ():
 
     from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
 
-    guided = dict(guidance_scale=1.0, reward_endpoint="reward", weights="0,0,1")
+    guided = dict(guidance_scale=1.0, reward_endpoint="reward", reward_weights="0,0,1")
     assert OnlineDPOConfig(**guided).guide_weights == (0.0, 0.0, 1.0)
     assert OnlineDPOConfig(**guided, guidance_weights="0.5,0,1").guide_weights == (0.5, 0.0, 1.0)
     with pytest.raises(ValidationError, match="guidance_weights"):

@@ -64,7 +64,7 @@ def test_eval_and_score_jobs(tmp_path, shared_data, clean_run):
 
     trained = clean_run
     s = run_eval_reward(validate_config(EvalRewardConfig, dict(
-        output_dir=str(tmp_path / "ev"), checkpoint=trained["checkpoint"],
+        output_dir=str(tmp_path / "ev"), reward_checkpoint=trained["checkpoint"],
         data=str(shared_data / "fetv" / "pairs.csv"))))
     assert s["pairs"] == 52 and s["rejects"] == 0
     preds = pd.read_csv(tmp_path / "ev" / "pair_predictions.csv")
@@ -88,7 +88,7 @@ def test_eval_and_score_jobs(tmp_path, shared_data, clean_run):
         table[col] = [str((example / p).resolve()) for p in table[col]]
     table.assign(Overall=["A", "B", "B"]).to_csv(tmp_path / "with_overall.csv", index=False)  # majority: B, A, A
     ov = run_eval_reward(validate_config(EvalRewardConfig, dict(
-        output_dir=str(tmp_path / "ev_overall"), checkpoint=trained["checkpoint"], data=str(tmp_path / "with_overall.csv"))))
+        output_dir=str(tmp_path / "ev_overall"), reward_checkpoint=trained["checkpoint"], data=str(tmp_path / "with_overall.csv"))))
     assert ov["overall_label"] == "table column"
     preds = pd.read_csv(tmp_path / "ev_overall" / "pair_predictions.csv")
     assert preds["label_Overall"].tolist() == [1, -1, -1]
@@ -101,10 +101,22 @@ def test_eval_and_score_jobs(tmp_path, shared_data, clean_run):
     for p in (shared_data / "odd-encodings" / "mediabunny").glob("*.mp4"):
         (tmp_path / "vids" / p.name).symlink_to(p)
     sc = run_score_videos(validate_config(ScoreVideosConfig, dict(
-        output_dir=str(tmp_path / "sc"), checkpoint=trained["checkpoint"], input=str(tmp_path / "vids"))))
+        output_dir=str(tmp_path / "sc"), reward_checkpoint=trained["checkpoint"], data=str(tmp_path / "vids"))))
     table = pd.read_parquet(sc["output"])
     assert sc["failed"] == 1  # annex-b.mp4 is truncated: a reason, NaN scores, not dropped
-    bad = table[table["error"] != ""]
+    bad = table[table["error"].notna()]
     assert "truncated" in bad.iloc[0]["error"] and torch.isnan(torch.tensor(bad.iloc[0]["VQ"]))
-    ok = table[table["error"] == ""]
+    ok = table[table["error"].isna()]
+    assert len(ok) == len(table) - 1 and ok["error"].isna().all()  # null, not "", on success
     assert (ok["Overall"] - (ok["VQ"] + ok["MQ"] + ok["TA"])).abs().max() < 1e-4
+
+    # rows come back in the table's order (not sorted by path), with two actors and one video per batch
+    vids = sorted((shared_data / "videoalign-examples").rglob("*.mp4"))[::-1]
+    pd.DataFrame({"path": [str(v) for v in vids], "prompt": [f"prompt {i}" for i in range(len(vids))]}).to_csv(
+        tmp_path / "order.csv", index=False)
+    so = run_score_videos(validate_config(ScoreVideosConfig, dict(
+        output_dir=str(tmp_path / "so"), reward_checkpoint=trained["checkpoint"], data=str(tmp_path / "order.csv"),
+        batch_size=1, scorer_actors=2)))
+    ordered = pd.read_parquet(so["output"])
+    assert len(vids) >= 3 and ordered["path"].tolist() == [str(v.resolve()) for v in vids]
+    assert ordered["prompt"].tolist() == [f"prompt {i}" for i in range(len(vids))]

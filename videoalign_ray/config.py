@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import types
 import typing
 from pathlib import Path
@@ -16,10 +17,23 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticUndefined
 
 from videoalign_ray.errors import ConfigError
 
 C = TypeVar("C", bound="JobConfig")
+
+RENAMED_KEYS = {
+    "steps": "sample_steps", "shift": "sample_shift", "sample_guidance": "cfg_scale",
+    "weights": "reward_weights", "checkpoint": "reward_checkpoint", "policy": "policy_weights",
+    "reference": "reference_weights", "input": "data", "output": "scores_file",
+    "actors": "scorer_actors", "generators": "generator_actors",
+}
+"""Old key -> its one name across jobs (the same concept had different flags in different jobs). The old names
+are still accepted, as flags, YAML keys and keyword arguments, with a deprecation line, for one release; they
+apply to a config only where the new name is its field and the old one is not (``reference`` stays the online
+job's base/previous choice)."""
+DEPRECATED_PREFIX = "__deprecated__"
 
 
 class JobConfig(BaseModel):
@@ -50,6 +64,13 @@ class JobConfig(BaseModel):
         if changed:
             cls.model_rebuild(force=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_deprecated_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in RENAMED_KEYS or str(k).startswith(DEPRECATED_PREFIX) for k in data):
+            return _rename_deprecated(cls, data, cls.__name__)
+        return data
+
     def to_flat_dict(self) -> dict[str, Any]:
         """The resolved config as JSON-compatible values (for MLflow params and config.yaml)."""
         return json.loads(self.model_dump_json())
@@ -67,7 +88,8 @@ class RuntimeSection(JobConfig):
     output_dir: str = Field("outputs/run", description="Folder for checkpoints, caches, rejects and the MLflow store; "
                             "or a URI (s3://bucket/run): the job works in a local mirror pushed there at the end, "
                             "cache and checkpoints go to <URI>/cache and <URI>/ray_results directly.")
-    run_name: str | None = Field(None, description="Ray Train run name; default: the output folder's name.")
+    run_name: str | None = Field(None, description="Name of the run: the MLflow run's name and, in training jobs, "
+                                 "the Ray Train run's (its checkpoints folder); default: the output folder's name.")
     seed: int = Field(0, description="Seed for model init, data order, noise and timesteps.")
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow store; default sqlite:///<output_dir>/mlflow.db (MLFLOW_TRACKING_URI overrides)."
@@ -153,7 +175,7 @@ class ModelSection(JobConfig):
         "see jobs/pretrain_base.py); wan2.1-1.3b: a real Wan2.1-T2V-1.3B folder (--model-path).",
     )
     model_path: str | None = Field(None, description="Diffusers-format model folder (required for the real preset).")
-    num_frames: int | None = Field(None, gt=0, description="Frames per training video; default from the preset.")
+    num_frames: int | None = Field(None, gt=0, description="Frames per video (training clips and samples); default from the preset.")
     height: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
     width: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
 
@@ -199,8 +221,8 @@ class TrainSection(JobConfig):
         172800.0, gt=0, description="Seconds the Ray Train run may take in all (worker start, restarts, every "
         "step) before the job fails naming it; a rerun resumes from the last checkpoint.")
     fail_at_step: int | None = Field(
-        None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step."
-    )
+        None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step.",
+        json_schema_extra={"test_hook": True})
 
 
 def _field_type(annotation: Any) -> tuple[Any, bool]:
@@ -234,21 +256,93 @@ def _parse_bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"{value!r} is not a boolean")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the job docstring's example lines as written (the default formatter reflows them into one
+    paragraph)."""
+
+
+def _help_text(field) -> str:
+    """A field's description with its default appended (``--help`` shows every default; the flags themselves
+    default to ``SUPPRESS`` so that a YAML value is not overridden by an absent flag)."""
+    text = field.description or ""
+    default = field.default
+    if default is not None and default is not PydanticUndefined:
+        shown = str(default).lower() if isinstance(default, bool) else default
+        text = f"{text} (default: {shown})".lstrip()
+    # argparse %-formats help strings ("~30% more compute" made --help raise): escape the percent signs
+    return text.replace("%", "%%")
+
+
+def _choices(annotation: Any) -> list | None:
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return _choices(args[0]) if len(args) == 1 else None
+    return list(get_args(annotation)) if origin is Literal else None
+
+
+def is_test_hook(field) -> bool:
+    """Fields marked ``json_schema_extra={"test_hook": True}`` (fault injection) are hidden from ``--help``."""
+    return bool(isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("test_hook"))
+
+
+def deprecated_names(cls: type[JobConfig]) -> dict[str, str]:
+    """``{old: new}`` of :data:`RENAMED_KEYS` that apply to ``cls`` (``new`` is its field, ``old`` is not)."""
+    fields = cls.model_fields
+    return {old: new for old, new in RENAMED_KEYS.items() if new in fields and old not in fields}
+
+
 def build_parser(cls: type[JobConfig], description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--kebab-name`` flag per config field, plus ``--config FILE.yaml``."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argparse parser with one ``--kebab-name`` flag per config field, plus ``--config FILE.yaml``.
+
+    ``--help`` shows each flag's default and choices; test hooks and the deprecated names of renamed keys are
+    accepted but not listed."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file with any of the keys below (snake_case).")
     for name, field in cls.model_fields.items():
-        conv, is_bool = _field_type(field.annotation)
-        # argparse %-formats help strings ("~30% more compute" made --help raise): escape the percent signs
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                                  "help": (field.description or "").replace("%", "%%")}
-        if is_bool:
-            kwargs.update(nargs="?", const=True, type=conv)
-        else:
-            kwargs["type"] = conv
-        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        parser.add_argument("--" + name.replace("_", "-"), **_flag_kwargs(name, field))
+    for old, new in deprecated_names(cls).items():
+        kwargs = {**_flag_kwargs(new, cls.model_fields[new]), "dest": DEPRECATED_PREFIX + old,
+                  "help": argparse.SUPPRESS}
+        parser.add_argument("--" + old.replace("_", "-"), **kwargs)
     return parser
+
+
+def _flag_kwargs(name: str, field) -> dict[str, Any]:
+    conv, is_bool = _field_type(field.annotation)
+    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
+                              "help": argparse.SUPPRESS if is_test_hook(field) else _help_text(field)}
+    if is_bool:
+        kwargs.update(nargs="?", const=True, type=conv, metavar="BOOL")
+    else:
+        kwargs["type"] = conv
+        choices = _choices(field.annotation)
+        if choices:
+            kwargs["choices"] = choices
+    return kwargs
+
+
+def _rename_deprecated(cls: type[JobConfig], values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Move the values of deprecated key names onto their new names, logging one deprecation line each.
+
+    Raises:
+        ConfigError: the old and the new name are both given.
+    """
+    renames = deprecated_names(cls)
+    out = dict(values)
+    for key in list(out):
+        old = key.removeprefix(DEPRECATED_PREFIX)
+        if old not in renames:
+            continue
+        new = renames[old]
+        if new in out:
+            raise ConfigError(f"{source}: '{old}' is the old name of '{new}'; give only '{new}'")
+        out[new] = out.pop(key)
+        flag_old, flag_new = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+        logging.getLogger("videoalign_ray.config").warning(
+            "%s: %s / '%s' is deprecated and will be removed in the next release; use %s / '%s'",
+            source, flag_old, old, flag_new, new)
+    return out
 
 
 def resolve_config(cls: type[C], argv: list[str] | None = None, description: str = "") -> C:
@@ -261,8 +355,8 @@ def resolve_config(cls: type[C], argv: list[str] | None = None, description: str
     config_file = ns.pop("config", None)
     values: dict[str, Any] = {}
     if config_file is not None:
-        values.update(load_yaml_keys(config_file))
-    values.update(ns)
+        values.update(_rename_deprecated(cls, load_yaml_keys(config_file), str(config_file)))
+    values.update(_rename_deprecated(cls, ns, "command line"))
     return validate_config(cls, values, source=str(config_file) if config_file else "command line")
 
 
@@ -280,9 +374,10 @@ def load_yaml_keys(path: str | Path) -> dict[str, Any]:
 
 
 def validate_config(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
-    """Validate ``values`` into ``cls``; errors name every offending key."""
+    """Validate ``values`` into ``cls`` (deprecated key names accepted with a warning); errors name every
+    offending key."""
     try:
-        return cls.model_validate(values)
+        return cls.model_validate(_rename_deprecated(cls, values, source) if values else values)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

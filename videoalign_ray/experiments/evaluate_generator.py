@@ -20,8 +20,8 @@ class EvaluateConfig(RuntimeSection):
     """Config of ``jobs/evaluate_generator.py``."""
 
     output_dir: str = "outputs/evaluate_generator"
-    policy: str | None = Field(None, description="A job's final/ folder (adapter/ or model/); default: the base.")
-    reference: str | None = Field(None, description="Another final/ folder; default: the base model itself.")
+    policy_weights: str | None = Field(None, description="A job's final/ folder (adapter/ or model/); default: the base.")
+    reference_weights: str | None = Field(None, description="Another final/ folder; default: the base model itself.")
     model_path: str | None = Field(None, description="Base model folder; default: the tiny-world asset.")
     prompts: Literal["heldout", "train", "all"] = Field("heldout", description="heldout | train | all (synthetic-world prompt sets).")
     split_seed: int = Field(0, description="Seed of the train/held-out prompt split.")
@@ -48,7 +48,7 @@ def _run(cfg: EvaluateConfig, job) -> dict:
     train, held = split_scenes(seed=cfg.split_seed)
     scenes = {"heldout": held, "train": train, "all": all_scenes()}[cfg.prompts]
     result = compare_generators(
-        Generator(model_dir, cfg.policy), Generator(model_dir, cfg.reference), scenes,
+        Generator(model_dir, cfg.policy_weights), Generator(model_dir, cfg.reference_weights), scenes,
         samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height,
         width=cfg.width, max_text_tokens=PRESETS["tiny-world"].max_text_tokens, steps=cfg.sample_steps,
         grid_path=out / "grid.png",

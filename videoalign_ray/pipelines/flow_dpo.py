@@ -65,7 +65,7 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
         "weights in memory). Default: the base.")
     num_samples: int = Field(2, ge=0, description="Prompts sampled from reference and policy at the end (mp4).")
     sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
-    sample_guidance: float = Field(1.0, ge=1.0, description="CFG scale for samples (1 = off).")
+    cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale of those samples (1 = off).")
     sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift (Wan2.1 480p uses 3.0).")
     gpu_memory_gib: float = Field(
         80.0, gt=0, description="GPU memory per worker; a real-preset step that the memory model "
@@ -285,7 +285,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         prompts = sorted({p.prompt for p in loaded.pairs})[: cfg.num_samples]
         samples = render_comparison(
             model_dir, final, prompts, out / "samples", num_frames=num_frames, height=height, width=width,
-            max_text_tokens=preset.max_text_tokens, steps=cfg.sample_steps, guidance=cfg.sample_guidance,
+            max_text_tokens=preset.max_text_tokens, steps=cfg.sample_steps, guidance=cfg.cfg_scale,
             shift=cfg.sample_shift, seed=cfg.seed, fps=preset.fps,
         )
         tracker.log_artifact(out / "samples", "samples")

@@ -27,7 +27,7 @@ class GenerateConfig(RuntimeSection, ModelSection):
     prompts: str | None = Field(None, description="Text file, one prompt per line; default: the world's held-out prompts.")
     samples_per_prompt: int = Field(2, ge=1, description="Videos per prompt (noise seeds seed*100000 + i).")
     policy_weights: str | None = Field(None, description="A flow job's final/ folder (adapter/ or model/).")
-    weights: Weights = Field("1,1,1", description="Flow-NRG user weights lambda for VQ,MQ,TA.")
+    reward_weights: Weights = Field("1,1,1", description="Flow-NRG user weights lambda for VQ,MQ,TA.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale w (0 = no reward guidance).")
     max_guidance_factor: float = Field(DEFAULT_MAX_FACTOR, gt=0, description="Cap on t/(1-t).")
     latent_reward: str | None = Field(None, description="Latent reward checkpoint (jobs/train_latent_reward.py); several "
@@ -35,8 +35,8 @@ class GenerateConfig(RuntimeSection, ModelSection):
     reward_endpoint: str | None = Field(None, description="Serve app name whose guide() returns the gradient.")
     reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint to score the videos (optional).")
     cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale (1 = off); applied before NRG.")
-    steps: int = Field(20, ge=1, description="Euler steps.")
-    shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
+    sample_steps: int = Field(20, ge=1, description="Euler steps.")
+    sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
     batch_size: int = Field(8, ge=1, description="Videos sampled together.")
 
     def effective(self):
@@ -112,7 +112,7 @@ def _run(cfg: GenerateConfig, job) -> dict:
     from videoalign_ray.synthetic.world import all_scenes, split_scenes
 
     out = job.out
-    weights = parse_weights(cfg.weights)
+    weights = parse_weights(cfg.reward_weights)
     guide = make_guide(cfg)
     preset = PRESETS[cfg.preset]
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
@@ -129,7 +129,7 @@ def _run(cfg: GenerateConfig, job) -> dict:
     for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="generate", unit="batch"):
         chunk = jobs[start : start + cfg.batch_size]
         videos = sample_batch(transformer, text, vae, [j[0] for j in chunk], [j[1] for j in chunk],
-                              num_frames=num_frames, height=height, width=width, steps=cfg.steps, shift=cfg.shift,
+                              num_frames=num_frames, height=height, width=width, steps=cfg.sample_steps, shift=cfg.sample_shift,
                               cfg_scale=cfg.cfg_scale, guide=guide, weights=weights,
                               guidance_scale=cfg.guidance_scale, max_guidance_factor=cfg.max_guidance_factor)
         for (prompt, seed, i, k), video in zip(chunk, videos, strict=True):

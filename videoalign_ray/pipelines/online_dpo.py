@@ -37,13 +37,14 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
                                 "synthetic world's train prompts.")
     prompt_column: str = Field("prompt", description="Column of a --prompts table.")
     samples_per_prompt: int = Field(4, ge=2, description="K videos per prompt and round.")
-    generators: int = Field(2, ge=1, description="Generation actors (one GPU each when the cluster has GPUs).")
+    generator_actors: int = Field(2, ge=1, description="Generation actors (one GPU each when the cluster has GPUs).")
     sample_steps: int = Field(12, ge=1, description="Euler steps per generated video.")
     sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale during sampling (needs --reward-endpoint).")
-    weights: Weights = Field("1,1,1", description="Per-dimension weights (VQ,MQ,TA): pair selection and NRG.")
+    reward_weights: Weights = Field("1,1,1", description="Per-dimension weights (VQ,MQ,TA) of the reward: pair "
+                                    "selection and Flow-NRG.")
     guidance_weights: Weights | None = Field(None, description="Per-dimension weights of the Flow-NRG guide while "
-                                             "sampling when they should differ from the pair reward's; default: --weights.")
+                                             "sampling when they should differ from the pair reward's; default: --reward-weights.")
     reward: Literal["auto", "ground-truth", "served"] = Field(
         "auto", description="ground-truth: the world's pixel scorers (oracle); served: the Serve reward app; "
         "auto: served when --reward-checkpoint or --reward-endpoint is given.")
@@ -75,7 +76,8 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
                                      "<storage_path>/round-NNN (a shared path or s3://...); default in the round's folder.")
     generator_replacements: int = Field(2, ge=0, description="Dead generation actors replaced (and their "
                                         "groups sent again) before the job fails.")
-    fail_generator_on: str | None = Field(None, description="Fault injection for tests: 'ROUND,PROMPT' kills "
+    fail_generator_on: str | None = Field(None, json_schema_extra={"test_hook": True},
+                                          description="Fault injection for tests: 'ROUND,PROMPT' kills "
                                           "the actor generating it, once.")
 
     @model_validator(mode="after")
@@ -92,7 +94,7 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     @property
     def guide_weights(self) -> tuple[float, float, float]:
         """(VQ, MQ, TA) weights the generation actors guide with: ``guidance_weights``, else ``weights``."""
-        return parse_weights(self.guidance_weights or self.weights)
+        return parse_weights(self.guidance_weights or self.reward_weights)
 
     def effective(self):
         """Preset defaults resolved (lr, LoRA rank, clip size)."""
@@ -143,7 +145,7 @@ def round_table(records: list[dict], rewards: list[list[list[float]]], cfg: Onli
     from videoalign_ray.data.schema import DIMENSIONS
     from videoalign_ray.online.selection import select_pairs
 
-    weights = parse_weights(cfg.weights)
+    weights = parse_weights(cfg.reward_weights)
     rows, counts = [], {"groups": len(records), "pairs": 0, "ties": 0, "below_margin": 0}
     for rec, group in zip(records, rewards, strict=True):
         sel = select_pairs(np.asarray(group), weights, cfg.pair_rule, cfg.min_margin)

@@ -153,7 +153,7 @@ class RoundRunner:
         if self.pool is None:
             fail_on = tuple(int(x) for x in self.cfg.fail_generator_on.split(",")) if self.cfg.fail_generator_on else None
             self.pool = GeneratorPool(
-                self.spec, str(self.samples_dir), size=self.cfg.generators, use_gpu=self.use_gpu,
+                self.spec, str(self.samples_dir), size=self.cfg.generator_actors, use_gpu=self.use_gpu,
                 start_timeout_s=self.cfg.actor_start_timeout_s, task_timeout_s=self.cfg.group_timeout_s,
                 replacements=self.cfg.generator_replacements, fault_marker=str(self.out / ".generator_fault"),
                 fail_on=fail_on)

@@ -19,11 +19,11 @@ class ScoreVideosConfig(RuntimeSection):
     """Config of ``jobs/score_videos.py``."""
 
     output_dir: str = "outputs/score_videos"
-    input: str | None = Field(None, description="A folder of videos (prompt = file name) or a table with "
+    data: str | None = Field(None, description="A folder of videos (prompt = file name) or a table with "
                               "path and prompt columns; default: the synthetic held-out pairs' videos.")
-    checkpoint: str = Field("outputs/train_reward/final", description="VideoReward checkpoint folder.")
-    output: str = Field("scores.parquet", description="File name in output_dir: .parquet or .csv.")
-    actors: int = Field(1, ge=1)
+    reward_checkpoint: str = Field("outputs/train_reward/final", description="VideoReward checkpoint folder.")
+    scores_file: str = Field("scores.parquet", description="File name in output_dir: .parquet or .csv.")
+    scorer_actors: int = Field(1, ge=1, description="Scoring actors.")
     batch_size: int = Field(8, ge=1)
 
 
@@ -54,23 +54,23 @@ def _run(cfg: ScoreVideosConfig, job) -> dict:
     from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
     out = job.out
-    if cfg.input:
-        rows = _rows(Path(cfg.input))
+    if cfg.data:
+        rows = _rows(Path(cfg.data))
     else:
         csv = make_preference_dataset(out / "data", num_pairs=16, scenes=split_scenes(seed=cfg.seed)[1], name="val")
         df = pd.read_csv(csv)
         rows = [{"path": str((csv.parent / p).resolve()), "prompt": c}
                 for col in ("path_A", "path_B") for p, c in zip(df[col], df["prompt"], strict=True)]
     if not rows:
-        raise DataError(f"{cfg.input}: no video found")
-    scored = pd.DataFrame(score_rows(rows, cfg.checkpoint, actors=cfg.actors, batch_size=cfg.batch_size))
-    target = out / cfg.output
+        raise DataError(f"{cfg.data}: no video found")
+    scored = pd.DataFrame(score_rows(rows, cfg.reward_checkpoint, actors=cfg.scorer_actors, batch_size=cfg.batch_size))
+    target = out / cfg.scores_file
     with atomic_path(target) as tmp:
         if target.suffix == ".csv":
             scored.to_csv(tmp, index=False)
         else:
             scored.to_parquet(tmp, index=False)
-    failed = int((scored["error"] != "").sum())
+    failed = int(scored["error"].notna().sum())
     job.tracker.log_metrics({"videos": len(scored), "failed": failed,
                              "mean_Overall": float(scored["Overall"].mean())}, step=0)
     job.tracker.log_artifact(target)

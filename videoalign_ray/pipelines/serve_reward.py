@@ -23,8 +23,8 @@ class ServeRewardConfig(RuntimeSection):
     """Config of ``jobs/serve_reward.py`` (also the knobs of ``cluster/serve_reward.yaml``)."""
 
     output_dir: str = "outputs/serve_reward"
-    checkpoint: str | None = Field(None, description="VideoReward checkpoint folder (required unless --allow-untrained).")
-    allow_untrained: bool = Field(False, description="Without --checkpoint, serve an UNTRAINED tiny model (its scores "
+    reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint folder (required unless --allow-untrained).")
+    allow_untrained: bool = Field(False, description="Without --reward-checkpoint, serve an UNTRAINED tiny model (its scores "
                                   "are noise: for smoke tests only).")
     latent_reward: str | None = Field(None, description="Latent reward checkpoint for Flow-NRG guide() calls; "
                                       "several joined by commas guide with their mean reward (an ensemble).")
@@ -55,8 +55,8 @@ class ServeRewardConfig(RuntimeSection):
 
     @model_validator(mode="after")
     def _checkpoint_or_allow_untrained(self) -> ServeRewardConfig:
-        if not self.checkpoint and not self.allow_untrained:
-            raise ValueError("no checkpoint: give --checkpoint DIR (a VideoReward checkpoint; jobs/train_reward.py "
+        if not self.reward_checkpoint and not self.allow_untrained:
+            raise ValueError("no checkpoint: give --reward-checkpoint DIR (a VideoReward checkpoint; jobs/train_reward.py "
                              "writes <output-dir>/final), or --allow-untrained to serve an untrained tiny model for "
                              "smoke tests")
         return self
@@ -70,11 +70,11 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
     from videoalign_ray.serve.app import build_app
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
 
-    if cfg.checkpoint and not (Path(cfg.checkpoint) / "reward_config.json").is_file():
-        raise ModelPathError(f"--checkpoint {cfg.checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
+    if cfg.reward_checkpoint and not (Path(cfg.reward_checkpoint) / "reward_config.json").is_file():
+        raise ModelPathError(f"--reward-checkpoint {cfg.reward_checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
     init_ray()
-    ckpt = cfg.checkpoint or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
-    if not cfg.checkpoint:
+    ckpt = cfg.reward_checkpoint or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
+    if not cfg.reward_checkpoint:
         log.warning("--allow-untrained: serving an UNTRAINED tiny VideoReward (%s); its scores are noise", ckpt)
     settings = {"checkpoint": str(Path(ckpt).resolve()), "latent_reward": cfg.latent_reward,
                 "data_roots": [str(Path(r.strip()).resolve()) for r in cfg.data_roots.split(",") if r.strip()],

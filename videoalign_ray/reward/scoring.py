@@ -2,7 +2,8 @@
 
 ``RewardScorer`` is a ``map_batches`` actor class: it loads the checkpoint once per actor, decodes each
 video with the checkpoint's frame settings (fps, pixel budget) and scores a batch in one forward pass.
-A video that fails to decode gets NaN scores and its reason in ``error`` (never dropped).
+A video that fails to decode gets NaN scores and its reason in ``error`` (never dropped); ``error`` is None for
+a scored video.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class RewardScorer:
         for p in paths:
             try:
                 frames.append(decode_for_reward(p, self.spec))
-                errors.append("")
+                errors.append(None)
             except (VideoDecodeError, OSError, ValueError) as exc:
                 frames.append(None)
                 errors.append(str(exc))
@@ -52,7 +53,7 @@ class RewardScorer:
                 inputs = self.proc([frames[i] for i in ok], [prompts[i] for i in ok])
                 raw[ok] = self.model(**inputs).float().numpy()
         norm = (raw - self.model.norm_mean.numpy()) / self.model.norm_std.numpy()
-        out = {"path": np.array(paths), "prompt": np.array(prompts), "error": np.array(errors)}
+        out = {"path": np.array(paths), "prompt": np.array(prompts), "error": np.array(errors, dtype=object)}
         for d, name in enumerate(("VQ", "MQ", "TA")):
             out[f"raw_{name}"] = raw[:, d]
             out[name] = norm[:, d]
@@ -60,10 +61,19 @@ class RewardScorer:
         return out
 
 
+class _Indexed(RewardScorer):
+    """:class:`RewardScorer` that passes each row's ``index`` through."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**super().__call__(batch), "index": np.asarray(batch["index"])}
+
+
 def score_rows(rows: list[dict], checkpoint: str, *, actors: int = 1, batch_size: int = 8) -> list[dict]:
-    """Score ``rows`` (``{"path", "prompt"}``) with an actor pool; returns one row per input, sorted by
-    (path, prompt)."""
-    ds = ray.data.from_items([{"path": r["path"], "prompt": r["prompt"]} for r in rows])
-    scored = ds.map_batches(RewardScorer, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
+    """Score ``rows`` (``{"path", "prompt"}``) with an actor pool; returns one row per input, in input order
+    (``{path, prompt, raw_VQ, raw_MQ, raw_TA, VQ, MQ, TA, Overall, error}``; ``error`` None when scored)."""
+    ds = ray.data.from_items([{"index": i, "path": r["path"], "prompt": r["prompt"]} for i, r in enumerate(rows)])
+    scored = ds.map_batches(_Indexed, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
                             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors))
-    return sorted(scored.take_all(), key=lambda r: (r["path"], r["prompt"]))
+    # Ray Data keeps no order across actors: each row carries its input position through the pool
+    by_index = sorted(scored.take_all(), key=lambda r: int(r["index"]))
+    return [{k: v for k, v in r.items() if k != "index"} for r in by_index]
