@@ -2,6 +2,8 @@
 the same pairs, ties, rows of other dimensions and rejects with the same row numbers, for one file of each
 format, a folder of mixed files, a pair store and a table of many rows."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,11 +71,50 @@ def test_a_pair_store_reads_only_its_committed_rounds(tmp_path):
     for r in (1, 2):
         store.commit(r, pd.DataFrame({"round": [r, r], "prompt": [f"p{r}", f"q{r}"], "chosen": ["v/0.mp4", "v/2.mp4"],
                                       "rejected": ["v/1.mp4", "v/3.mp4"]}), {})
-    (tmp_path / "pairs" / "round=003").mkdir()  # an uncommitted round (a killed run) is not read
+    (tmp_path / "pairs" / "round-003").mkdir()  # an uncommitted round (a killed run) is not read
     pd.DataFrame({"prompt": ["x"], "chosen": ["v/0.mp4"], "rejected": ["v/1.mp4"]}).to_parquet(
-        tmp_path / "pairs" / "round=003" / "part-000.parquet")
+        tmp_path / "pairs" / "round-003" / "part-000.parquet")
     got = _same(tmp_path / "pairs")
     assert [p.prompt for p in got.pairs] == ["p1", "q1", "p2", "q2"]
+
+
+def test_the_pair_store_reads_in_pandas_pyarrow_and_datasets_and_survives_a_move(tmp_path):
+    """The online pair store as other tools see it: Hugging Face ``datasets``, pandas and pyarrow read the
+    folder as is, ``round`` comes back an integer (not a category), and the video paths are relative to the
+    store, so a moved output folder still trains (paths resolved against the store's new place)."""
+    import datasets
+    import pyarrow.dataset as pads
+
+    from videoalign_ray.online.store import PairStore
+
+    run = tmp_path / "run"
+    _videos(run / "samples", 4)
+    store = PairStore(run / "pairs")
+    for r in (1, 2):
+        store.commit(r, pd.DataFrame({
+            "round": [r, r], "prompt": [f"p{r}", f"q{r}"],
+            "chosen": [str(run / "samples" / "v" / "0.mp4"), str(run / "samples" / "v" / "2.mp4")],
+            "rejected": [str(run / "samples" / "v" / "1.mp4"), str(run / "samples" / "v" / "3.mp4")]}), {})
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    run.rename(moved)
+    root = moved / "pairs"
+
+    by_pandas = pd.read_parquet(root).sort_values(["round", "prompt"], ignore_index=True)
+    by_arrow = pads.dataset(root, format="parquet").to_table().to_pandas().sort_values(["round", "prompt"],
+                                                                                      ignore_index=True)
+    by_hf = datasets.load_dataset("parquet", data_dir=str(root), split="train",
+                                  cache_dir=str(tmp_path / "hf")).to_pandas().sort_values(
+        ["round", "prompt"], ignore_index=True)
+    for name, df in (("pandas", by_pandas), ("pyarrow", by_arrow), ("datasets", by_hf)):
+        assert str(df["round"].dtype) == "int64", (name, df["round"].dtype)
+        assert df["round"].tolist() == [1, 1, 2, 2] and df["prompt"].tolist() == ["p1", "q1", "p2", "q2"], name
+        assert df["chosen"].tolist()[0] == "../samples/v/0.mp4", name  # relative to the store
+    read = PairStore(root).read()
+    assert read["round"].dtype == "int64"
+    assert Path(read["chosen"][0]).resolve() == (moved / "samples" / "v" / "0.mp4").resolve()
+    got = _same(root)  # the preference-table reader resolves them against the store's folder
+    assert [p.prompt for p in got.pairs] == ["p1", "q1", "p2", "q2"] and not got.rejects
 
 
 def test_many_rows_over_several_files(tmp_path):

@@ -136,7 +136,7 @@ def test_driver_killed_in_generation_then_in_training_resumes_to_the_same_pairs(
     round2 = out / "samples" / "round=002"
     _run_until(cluster, out, lambda: any(round2.glob("p*.json")), "a finished group of round 2")
     done_before = {int(p.stem[1:]) for p in round2.glob("p*.json")}
-    assert sorted(json.loads((out / "pairs" / "_manifest.json").read_text())["rounds"]) == ["1"]
+    assert sorted(json.loads((out / "pairs" / ".manifest.json").read_text())["rounds"]) == ["1"]
 
     ckpts = out / "rounds" / "round=002" / "train" / "ray_results"
     _run_until(cluster, out, lambda: any(ckpts.glob("*/checkpoint_*")), "a round-2 training checkpoint")
@@ -185,4 +185,4 @@ def test_a_job_that_cannot_place_its_training_workers_fails_in_bounded_time_with
     assert "3 workers" in err and "CPUs" in err, err[-3000:]
     assert took < 300, took
     assert not (out / "rounds" / "round=001" / "summary.json").exists()
-    assert (out / "pairs" / "_manifest.json").exists()
+    assert (out / "pairs" / ".manifest.json").exists()

@@ -49,15 +49,19 @@ class LoadResult:
 
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json", ".ndjson")
-PAIR_STORE_MANIFEST = "_manifest.json"
+PAIR_STORE_MANIFEST = ".manifest.json"
 """A folder holding this file is an online pair store (videoalign_ray.online.store): only the rounds it lists
-are read."""
+are read. The leading dot hides it from pandas, pyarrow and Hugging Face ``datasets``."""
+LEGACY_PAIR_STORE_MANIFEST = "_manifest.json"
+"""The manifest's name in stores written by earlier versions (still read)."""
 
 
 def _folder_tables(path: Path) -> list[tuple[Path, dict]]:
     """The table files of a folder with the constant columns each adds: a pair store's committed rounds
     (``round``), or every table file below ``path`` (names starting with ``.`` or ``_`` skipped)."""
     manifest = path / PAIR_STORE_MANIFEST
+    if not manifest.is_file():
+        manifest = path / LEGACY_PAIR_STORE_MANIFEST
     if manifest.is_file():
         rounds = json.loads(manifest.read_text())["rounds"]
         return [(f, {"round": int(r)}) for r, info in sorted(rounds.items(), key=lambda kv: int(kv[0]))
