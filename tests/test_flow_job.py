@@ -45,6 +45,12 @@ def test_job_resume_and_a_killed_worker_reach_the_uninterrupted_result(tmp_path)
     assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()  # diffusers' LoRA format
     assert json.loads((out / "final" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     assert (out / "final" / "config.yaml").is_file() and (out / "rejects.csv").is_file()
+    card = (out / "final" / "README.md").read_text()  # the model card
+    assert "base_model: videoalign-ray preset tiny-world" in card and "# Flow-DPO of" in card, card
+    assert "**8** optimizer steps" in card and str(data) in card and "| loss |" in card and "load_lora_weights" in card
+    assert "| `lr` | `0.001` |" in card and "| `beta` | `500.0` |" in card
+    adapter_base = json.loads((out / "final" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert adapter_base == "videoalign-ray preset tiny-world"  # not this machine's path to the asset
     assert len(s1["samples"]) == 2 and all(Path(p).stat().st_size > 0 for p in s1["samples"])
     assert s1["final_metrics"]["time/torch_threads"] == 1  # 2 workers share the 2 CPUs
     client, run = _mlflow_run(s1)

@@ -24,6 +24,7 @@ import torch
 
 from videoalign_ray.errors import ModelPathError
 from videoalign_ray.runtime.fileio import current_umask
+from videoalign_ray.runtime.hub import resolve_model_location
 
 # Tiny preset: works on 32x32-pixel videos directly (pixel-space latents, see pixel_vae.py),
 # patch 1x4x4 -> 64 tokens per frame; ~1.0 M parameters.
@@ -98,10 +99,11 @@ def materialize_tiny_base(target: str | Path, seed: int = 0) -> Path:
 
 
 def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Path, seed: int = 0) -> Path:
-    """The diffusers-format folder every worker loads: the tiny base (materialized) or ``model_path``.
+    """The diffusers-format folder every worker loads: the tiny base (materialized) or ``model_path`` (a folder,
+    or a Hugging Face Hub id resolved from the local cache: :func:`~videoalign_ray.runtime.hub.resolve_model_location`).
 
     Raises:
-        FileNotFoundError: the real preset without an existing ``model_path`` holding ``transformer/``.
+        ModelPathError: the real preset without an existing ``model_path`` holding ``transformer/``.
     """
     if preset == "tiny":
         return materialize_tiny_base(Path(model_path) if model_path else Path(output_dir) / "base_model", seed)
@@ -111,8 +113,9 @@ def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Pat
             raise ModelPathError(f"{path}: no pre-trained tiny-world base; create it with jobs/pretrain_base.py")
         return path
     if not model_path:
-        raise ModelPathError(f"preset {preset!r} needs --model-path to a local diffusers-format folder")
-    path = Path(model_path)
+        raise ModelPathError(f"preset {preset!r} needs --model-path: a diffusers-format folder or a Hub id in the "
+                             "local cache (Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    path = resolve_model_location(model_path, "--model-path")
     if not (path / "transformer").is_dir():
         raise ModelPathError(f"{path}: no transformer/ subfolder (expected a diffusers-format Wan folder)")
     return path

@@ -25,7 +25,8 @@ class EvalRewardConfig(RuntimeSection):
 
     output_dir: str = "outputs/eval_reward"
     data: str | None = Field(None, description="Preference table; default: synthetic held-out pairs.")
-    reward_checkpoint: str = Field("outputs/train_reward/final", description="VideoReward checkpoint folder.")
+    reward_checkpoint: str = Field("outputs/train_reward/final", description="VideoReward checkpoint: a folder or a "
+                                   "Hub id in the local cache.")
     scorer_actors: int = Field(1, ge=1, description="Scoring actors.")
     batch_size: int = Field(8, ge=1)
 
@@ -41,13 +42,16 @@ def run_eval_reward(cfg: EvalRewardConfig) -> dict:
     Raises:
         ModelPathError: ``checkpoint`` is not a VideoReward checkpoint. DataError: no pair could be scored.
     """
-    if not (Path(cfg.reward_checkpoint) / "reward_config.json").is_file():
+    from videoalign_ray.runtime.hub import resolve_model_location
+
+    checkpoint = resolve_model_location(cfg.reward_checkpoint, "--reward-checkpoint")
+    if not (checkpoint / "reward_config.json").is_file():
         raise ModelPathError(f"{cfg.reward_checkpoint}: not a VideoReward checkpoint (run jobs/train_reward.py first)")
     with job_run(cfg, start_ray=True) as job:
-        return _run(cfg, job)
+        return _run(cfg, job, str(checkpoint))
 
 
-def _run(cfg: EvalRewardConfig, job) -> dict:
+def _run(cfg: EvalRewardConfig, job, checkpoint: str) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -64,7 +68,7 @@ def _run(cfg: EvalRewardConfig, job) -> dict:
                                                    seed=cfg.seed + 1, name="val"))
     loaded = load_pairs_ray(data, keep_ties=True)
     videos = sorted({(p.chosen, p.prompt) for p in loaded.pairs} | {(p.rejected, p.prompt) for p in loaded.pairs})
-    scored = score_rows([{"path": v, "prompt": c} for v, c in videos], cfg.reward_checkpoint, actors=cfg.scorer_actors,
+    scored = score_rows([{"path": v, "prompt": c} for v, c in videos], checkpoint, actors=cfg.scorer_actors,
                         batch_size=cfg.batch_size)
     by_key = {(r["path"], r["prompt"]): r for r in scored}
     dims = ("VQ", "MQ", "TA")

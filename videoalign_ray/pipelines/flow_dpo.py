@@ -115,20 +115,27 @@ def _rwr_extras(cfg: FlowDPOConfig, loaded: LoadResult) -> dict:
     return pair_extras(loaded.pairs, rewards, weights)
 
 
-def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig) -> Path:
-    """Publish the final weights + config under ``<out>/final`` (atomically): a LoRA run as
-    ``pytorch_lora_weights.safetensors`` (diffusers) and ``adapter/`` (peft), a full run as ``model/``."""
+def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig, card: dict) -> Path:
+    """Publish the final weights + config + model card under ``<out>/final`` (atomically): a LoRA run as
+    ``pytorch_lora_weights.safetensors`` (diffusers) and ``adapter/`` (peft), a full run as ``model/``.
+    ``card``: ``data``, ``pairs`` and ``metrics`` for ``README.md``."""
     from videoalign_ray.flow.lora_export import read_adapter_state, write_published_lora
+    from videoalign_ray.pipelines.model_card import base_model_name, model_card_text
 
+    base = base_model_name(cfg.preset, cfg.model_path)
+    lora = (checkpoint_dir / "adapter").is_dir()
     with atomic_dir(out / "final") as tmp:
-        if (checkpoint_dir / "adapter").is_dir():
+        if lora:
             state, rank, alpha = read_adapter_state(checkpoint_dir / "adapter")
-            base = json.loads((checkpoint_dir / "adapter" / "adapter_config.json").read_text()).get("base_model")
             write_published_lora(state, rank, alpha, tmp, base_model=base)
         if (checkpoint_dir / "model").is_dir():
             shutil.copytree(checkpoint_dir / "model", tmp / "model")
         shutil.copy2(checkpoint_dir / "state.json", tmp / "state.json")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.effective().to_flat_dict(), sort_keys=True))
+        flat = cfg.effective().to_flat_dict()
+        (tmp / "config.yaml").write_text(yaml.safe_dump(flat, sort_keys=True))
+        steps = json.loads((checkpoint_dir / "state.json").read_text())["step"]
+        (tmp / "README.md").write_text(model_card_text(flat, base, card["data"], card["pairs"], steps,
+                                                       card["metrics"], lora), encoding="utf-8")
     return out / "final"
 
 
@@ -273,8 +280,10 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"Flow-DPO training {run_name!r}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint (max_steps = 0?)")
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    card = {"data": cfg.data or "the built-in synthetic preference dataset", "pairs": n_pairs, "metrics": metrics}
     with result.checkpoint.as_directory() as ckpt_dir:
-        final = _publish_final(Path(ckpt_dir), out, cfg)
+        final = _publish_final(Path(ckpt_dir), out, cfg, card)
     state = json.loads((final / "state.json").read_text())
     tracker.log_artifact(final, "final")
 
@@ -290,7 +299,6 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         )
         tracker.log_artifact(out / "samples", "samples")
 
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     summary = {
         "pairs_used": n_pairs,
         "pairs_per_worker": per_worker,

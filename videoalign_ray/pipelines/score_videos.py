@@ -21,7 +21,8 @@ class ScoreVideosConfig(RuntimeSection):
     output_dir: str = "outputs/score_videos"
     data: str | None = Field(None, description="A folder of videos (prompt = file name) or a table with "
                               "path and prompt columns; default: the synthetic held-out pairs' videos.")
-    reward_checkpoint: str = Field("outputs/train_reward/final", description="VideoReward checkpoint folder.")
+    reward_checkpoint: str = Field("outputs/train_reward/final", description="VideoReward checkpoint: a folder or a "
+                                   "Hub id in the local cache.")
     scores_file: str = Field("scores.parquet", description="File name in output_dir: .parquet or .csv.")
     scorer_actors: int = Field(1, ge=1, description="Scoring actors.")
     batch_size: int = Field(8, ge=1)
@@ -51,6 +52,7 @@ def _run(cfg: ScoreVideosConfig, job) -> dict:
     import pandas as pd
 
     from videoalign_ray.reward.scoring import score_rows
+    from videoalign_ray.runtime.hub import resolve_model_location
     from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
     out = job.out
@@ -63,7 +65,7 @@ def _run(cfg: ScoreVideosConfig, job) -> dict:
                 for col in ("path_A", "path_B") for p, c in zip(df[col], df["prompt"], strict=True)]
     if not rows:
         raise DataError(f"{cfg.data}: no video found")
-    scored = pd.DataFrame(score_rows(rows, cfg.reward_checkpoint, actors=cfg.scorer_actors, batch_size=cfg.batch_size))
+    scored = pd.DataFrame(score_rows(rows, str(resolve_model_location(cfg.reward_checkpoint, "--reward-checkpoint")), actors=cfg.scorer_actors, batch_size=cfg.batch_size))
     target = out / cfg.scores_file
     with atomic_path(target) as tmp:
         if target.suffix == ".csv":

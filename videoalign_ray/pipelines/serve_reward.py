@@ -66,14 +66,16 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
     """Start Serve (HTTP on ``host:port``) and run the app; returns ``(DeploymentHandle, base URL)``."""
     from ray import serve
 
+    from videoalign_ray.runtime.hub import resolve_model_location
     from videoalign_ray.runtime.launch import init_ray
     from videoalign_ray.serve.app import build_app
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
 
-    if cfg.reward_checkpoint and not (Path(cfg.reward_checkpoint) / "reward_config.json").is_file():
+    given = str(resolve_model_location(cfg.reward_checkpoint, "--reward-checkpoint")) if cfg.reward_checkpoint else None
+    if given and not (Path(given) / "reward_config.json").is_file():
         raise ModelPathError(f"--reward-checkpoint {cfg.reward_checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
     init_ray()
-    ckpt = cfg.reward_checkpoint or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
+    ckpt = given or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
     if not cfg.reward_checkpoint:
         log.warning("--allow-untrained: serving an UNTRAINED tiny VideoReward (%s); its scores are noise", ckpt)
     settings = {"checkpoint": str(Path(ckpt).resolve()), "latent_reward": cfg.latent_reward,

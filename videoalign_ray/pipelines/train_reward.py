@@ -28,7 +28,8 @@ class TrainRewardConfig(RuntimeSection, DataSection, TrainSection):
     output_dir: str = "outputs/train_reward"
     val_data: str | None = Field(None, description="Validation table; default: held-out synthetic prompts.")
     preset: Literal["tiny", "qwen2-vl-2b"] = "tiny"
-    model_path: str | None = Field(None, description="Local Qwen2-VL-2B-Instruct folder (real preset).")
+    model_path: str | None = Field(None, description="Qwen2-VL-2B-Instruct: a folder or a Hub id in the local cache "
+                                   "(Qwen/Qwen2-VL-2B-Instruct; real preset).")
     output_dim: Literal[1, 3] = Field(3, description="1: one head row shared by the 3 tokens (paper ckpt); 3: per dim.")
     reward_token: Literal["special", "last"] = "special"
     loss: Literal["btt", "bt"] = "btt"
@@ -85,6 +86,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         score_margins,
         train_loop_per_worker,
     )
+    from videoalign_ray.runtime.hub import resolve_model_location
     from videoalign_ray.runtime.launch import (
         fit_with_timeout,
         make_trainer,
@@ -96,6 +98,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
 
     out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
     tiny = cfg.preset == "tiny"
+    model_path = str(resolve_model_location(cfg.model_path, "--model-path")) if cfg.model_path else None
     data, val_data = train_val_tables(out / "data", cfg.data, cfg.val_data, train_pairs=cfg.train_pairs,
                                       val_pairs=cfg.val_pairs, seed=cfg.seed)
     loaded, loaded_val = load_pairs_ray(data, keep_ties=True), load_pairs_ray(val_data, keep_ties=True)
@@ -106,7 +109,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         prompts = [s.prompt for s in all_scenes()] + [p.prompt for p in loaded.pairs]
         build_tiny_tokenizer(prompts).save_pretrained(tok_dir)
     elif not tiny and not tok_dir.is_dir():
-        load_tokenizer(cfg.model_path).save_pretrained(tok_dir)
+        load_tokenizer(model_path).save_pretrained(tok_dir)
 
     use_gpu = use_gpu_default(cfg.use_gpu)
     spec = FrameSpec(fps=cfg.fps, min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
@@ -130,7 +133,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     shards, per_worker, micro_batch = split_for_workers(train_rows, cfg.num_workers, cfg.batch_size)
     lm_training, lora_rank = cfg.lm_training, cfg.lora_rank
     loop_cfg = RewardLoopConfig(
-        tokenizer_dir=str(tok_dir), model_path=cfg.model_path, output_dim=cfg.output_dim,
+        tokenizer_dir=str(tok_dir), model_path=model_path, output_dim=cfg.output_dim,
         reward_token=cfg.reward_token, loss=cfg.loss, lm_training=lm_training, lora_rank=lora_rank,
         lora_alpha=cfg.lora_alpha, lr=cfg.lr, grad_clip=cfg.grad_clip,
         weight_decay=cfg.weight_decay, micro_batch=micro_batch,
@@ -160,7 +163,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
 
         state = load_file(Path(d) / "model" / "model.safetensors")
         steps = json.loads((Path(d) / "state.json").read_text())["step"]
-    plain, proc = build_reward_model(str(tok_dir), cfg.model_path, cfg.output_dim, cfg.reward_token, cfg.seed)
+    plain, proc = build_reward_model(str(tok_dir), model_path, cfg.output_dim, cfg.reward_token, cfg.seed)
     plain.load_state_dict(merge_lora_state(state, loop_cfg.lora_alpha / lora_rank) if lm_training == "lora"
                           else state)
     plain.eval()
