@@ -107,3 +107,29 @@ def test_combine_rewards_weighted_mean():
     assert combine_rewards(r, (1.0, 1.0, 2.0)).tolist() == pytest.approx([9 / 4, 3 / 4])
     with pytest.raises(ValueError):
         combine_rewards(r, (0.0, 0.0, 0.0))
+
+
+def test_heldout_metrics_weigh_pairs_reuse_the_noise_and_pad_forwards():
+    """The validation mean is over pairs (a short last micro-batch weighs less), each evaluation draws the same
+    generator stream (so the metric moves only with the weights), and a rank with fewer pairs runs padding
+    forwards that are not counted (ZeRO-3 needs every rank in every forward)."""
+    import numpy as np
+    import torch
+
+    from videoalign_ray.flow.validation import heldout_metrics
+
+    rows = [{"x": np.array([float(i)], np.float32)} for i in range(5)]
+    seen, calls = [], []
+
+    def loss_fn(batch, gen):
+        calls.append(len(batch["x"]))
+        seen.append(torch.rand(1, generator=gen).item())
+        return batch["x"].mean(), {"loss": batch["x"].mean()}
+
+    sums, n = heldout_metrics(loss_fn, rows, micro_batch=2, seed=1, keys=("loss",), num_batches=4, padding=rows)
+    assert n == 5 and sums["loss"] / n == pytest.approx(np.mean(range(5)))  # (0.5*2 + 2.5*2 + 4*1) / 5 = 2
+    assert calls == [2, 2, 1, 2]  # three counted micro-batches, one padding forward
+    first = seen[:3]
+    seen.clear()
+    heldout_metrics(loss_fn, rows, micro_batch=2, seed=1, keys=("loss",))
+    assert seen == first

@@ -45,6 +45,14 @@ class LoopConfig(LoopCommon):
     rwr_normalize: str = "none"
     init_adapter: str | None = None  # an adapter/ folder the LoRA starts from (online rounds); None: B = 0
     reference_adapter: str | None = None  # DPO reference = base + this adapter (merged, frozen copy); None: base
+    val_pairs: int = 0  # validation pairs in the "val" dataset (0: no held-out evaluation)
+    val_prompts: tuple[str, ...] = ()  # prompts sampled (reference vs policy) at each sample evaluation
+    val_sample_every: int = 0  # steps between validation samples (0: none)
+    sample_steps: int = 20
+    sample_shift: float = 1.0
+    cfg_scale: float = 1.0
+    max_text_tokens: int = 16
+    fps: int = 8
 
 
 def _build_model(cfg: LoopConfig):
@@ -170,13 +178,115 @@ def train_loop_per_worker(config: dict) -> None:
     if reference is not None:
         reference.to(device=device, dtype=dtype)
     engine = init_engine(policy, cfg.deepspeed_config(world))
+
+    def loss_fn(batch, gen):
+        return compute_loss(engine, reference, batch, cfg, gen, device, dtype)
+
     run_steps(
-        cfg.driver_spec(cfg.objective), engine, lambda batch, gen: compute_loss(engine, reference, batch, cfg, gen, device, dtype),
-        METRIC_KEYS[cfg.objective], lora=cfg.finetune == "lora",
+        cfg.driver_spec(cfg.objective), engine, loss_fn, METRIC_KEYS[cfg.objective], lora=cfg.finetune == "lora",
         adapter_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
                         "base_model": cfg.model_dir},
+        validate_fn=_make_validate(cfg, engine, reference, loss_fn, device) if cfg.val_pairs else None,
         load=cache_loader(cfg.cache_dir),  # key rows -> latents and prompt embeddings, prefetched
     )
+
+
+def _make_validate(cfg: LoopConfig, engine, reference, loss_fn, device):
+    """``validate(step) -> {"val/<metric>": mean over the validation pairs}`` (all ranks), which also renders
+    validation samples every ``val_sample_every`` steps (:class:`_ValidationSamples`)."""
+    import math
+
+    import ray.train
+    import torch.distributed as dist
+
+    from videoalign_ray.data.cache import TensorCache, load_row
+    from videoalign_ray.flow.validation import heldout_metrics
+    from videoalign_ray.runtime.key_table import dataset_shard
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cache = TensorCache(cfg.cache_dir)
+    keyed = list(dataset_shard("val").iter_rows())
+    rows = [load_row(r, cache) for i, r in enumerate(keyed) if i % world == rank]
+    padding = rows or [load_row(keyed[0], cache)]
+    num_batches = math.ceil(math.ceil(len(keyed) / world) / cfg.micro_batch)
+    keys = METRIC_KEYS[cfg.objective]
+    module = getattr(engine, "module", engine)
+    # ZeRO-3 partitions the weights: every rank must run the sampler's forwards; otherwise rank 0 alone samples
+    samples = (_ValidationSamples(cfg, device, tuple(padding[0]["chosen"].shape), write=rank == 0)
+               if cfg.val_sample_every and cfg.val_prompts and (rank == 0 or cfg.zero_stage == 3) else None)
+
+    def validate(step: int) -> dict[str, float]:
+        module.eval()
+        try:
+            sums, n = heldout_metrics(loss_fn, rows, cfg.micro_batch, cfg.seed, keys, num_batches=num_batches,
+                                      padding=padding)
+        finally:
+            module.train()
+        vec = torch.tensor([*sums.values(), float(n)], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            vec = vec.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(vec)
+            vec = vec.cpu()
+        metrics = {f"val/{k}": float(v / max(vec[-1].item(), 1.0)) for k, v in zip(keys, vec[:-1], strict=True)}
+        if samples is not None and (step % cfg.val_sample_every == 0 or step == cfg.max_steps):
+            samples.render(step, module, reference)
+        return metrics
+
+    return validate
+
+
+class _ValidationSamples:
+    """Reference-vs-policy samples of ``cfg.val_prompts`` (the same noise at every evaluation), logged to
+    MLflow under ``validation/step_NNNNNN/`` as mp4s and one contact sheet (prompt and step written on it).
+    The text encoder and VAE load on first use, on the worker's device."""
+
+    def __init__(self, cfg: LoopConfig, device, latent_shape: tuple[int, ...], write: bool):
+        self.cfg, self.device, self.latent_shape, self.write = cfg, device, latent_shape, write
+        self._loaded = None
+
+    def _load(self):
+        from videoalign_ray.flow.model import TextEncoder, load_vae
+
+        if self._loaded is None:
+            text = TextEncoder(self.cfg.model_dir, self.cfg.max_text_tokens, device=str(self.device))
+            prompts = list(self.cfg.val_prompts)
+            negative = text.encode([""] * len(prompts)) if self.cfg.cfg_scale > 1 else None
+            self._loaded = (text.encode(prompts), negative, load_vae(self.cfg.model_dir).to(self.device))
+            del text
+        return self._loaded
+
+    def render(self, step: int, module, reference) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from videoalign_ray.data.contact_sheet import contact_sheet
+        from videoalign_ray.data.encode import write_mp4
+        from videoalign_ray.flow.model import load_transformer
+        from videoalign_ray.flow.validation import sample_pairs
+        from videoalign_ray.runtime.tracking import Tracker
+
+        embeds, negative, vae = self._load()
+        if reference is None and self.cfg.finetune != "lora":  # full SFT / RWR: the base, loaded once
+            if getattr(self, "_base", None) is None:
+                self._base = load_transformer(self.cfg.model_dir).eval().to(self.device, next(module.parameters()).dtype)
+            reference = self._base
+        ref, pol = sample_pairs(module, reference, vae, embeds, self.latent_shape, seed=self.cfg.seed,
+                                num_steps=self.cfg.sample_steps, shift=self.cfg.sample_shift,
+                                cfg_scale=self.cfg.cfg_scale, negative_embeds=negative)
+        if not self.write:
+            return
+        tracker = Tracker.attach(self.cfg.mlflow_tracking_uri, self.cfg.mlflow_run_id)
+        name = f"step_{step:06d}"
+        with tempfile.TemporaryDirectory(prefix="va-val-") as tmp:
+            folder = Path(tmp) / name
+            rows = []
+            for i, prompt in enumerate(self.cfg.val_prompts):
+                write_mp4(folder / f"{i:02d}_reference.mp4", ref[i], fps=self.cfg.fps)
+                write_mp4(folder / f"{i:02d}_policy.mp4", pol[i], fps=self.cfg.fps)
+                rows.append((f"{i}: {prompt}  (left: reference, right: policy)", [ref[i], pol[i]]))
+            contact_sheet(rows, f"validation samples, step {step}").save(folder / "contact_sheet.png")
+            tracker.log_artifact(folder, f"validation/{name}")
 
 
 def loop_config_dict(cfg: LoopConfig) -> dict:

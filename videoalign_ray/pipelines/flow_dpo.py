@@ -63,6 +63,14 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
         None, description="A LoRA run's final/ folder (or its adapter/) whose policy is the Flow-DPO reference "
         "(online --reference previous): a frozen copy of the base with it merged in (one more copy of the base "
         "weights in memory). Default: the base.")
+    val_data: str | None = Field(None, description="Held-out preference table (same formats as --data): "
+                                 "validation loss and metrics (val/loss, val/implicit_acc, ...) every --eval-every "
+                                 "steps, and reference-vs-policy samples of its prompts.")
+    eval_every: int | None = Field(None, ge=1, description="Steps between validations; default: --checkpoint-every.")
+    val_samples: int = Field(2, ge=0, description="Validation prompts sampled (reference and policy, same noise) "
+                             "at each sample evaluation, logged to MLflow as mp4s and a contact sheet (0: none).")
+    val_sample_every: int | None = Field(None, ge=1, description="Steps between validation samples; default: "
+                                         "--eval-every.")
     num_samples: int = Field(2, ge=0, description="Prompts sampled from reference and policy at the end (mp4).")
     sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
     cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale of those samples (1 = off).")
@@ -137,6 +145,31 @@ def _publish_final(checkpoint_dir: Path, out: Path, cfg: FlowDPOConfig, card: di
         (tmp / "README.md").write_text(model_card_text(flat, base, card["data"], card["pairs"], steps,
                                                        card["metrics"], lora), encoding="utf-8")
     return out / "final"
+
+
+def _validation_data(cfg: FlowDPOConfig, spec, out: Path, tracker):
+    """The ``--val-data`` pairs encoded like the training pairs (key rows), and their prompts in table order;
+    rows that cannot be used go to ``val_rejects.csv``.
+
+    Raises:
+        DataError: no usable validation pair.
+    """
+    from videoalign_ray.data.ingest import load_pairs_ray
+    from videoalign_ray.errors import DataError
+    from videoalign_ray.flow.pipeline import encode_pairs
+
+    loaded = load_pairs_ray(Path(cfg.val_data), cfg.dimension, keep_ties=cfg.objective == "rwr")
+    extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
+    encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
+    rejects = loaded.rejects + (encoded.rejects if encoded else [])
+    tracker.log_artifact(write_rejects(out / "val_rejects.csv", rejects))
+    if encoded is None or encoded.count() == 0:
+        raise DataError(f"--val-data {cfg.val_data}: no usable pair ({len(rejects)} rejected: see "
+                        f"{out / 'val_rejects.csv'})")
+    bad = {r.row for r in rejects}
+    prompts = list(dict.fromkeys(p.prompt for p in loaded.pairs if p.row not in bad))
+    tracker.log_metrics({"data/val_pairs": encoded.count(), "data/val_rejects": len(rejects)}, step=0)
+    return encoded, prompts
 
 
 def _init_adapter(init_weights: str | None, flag: str = "--init-weights") -> str | None:
@@ -239,6 +272,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
     spec = encode_spec(cfg, model_dir, out, use_gpu)
     encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
+    val, val_prompts = _validation_data(cfg, spec, out, tracker) if cfg.val_data else (None, [])
     rejects = loaded.rejects + (encoded.rejects if encoded else [])
     rejects_path = write_rejects(out / "rejects.csv", rejects)
     bad_pair_rows = {r.row for r in (encoded.rejects if encoded else [])}
@@ -270,12 +304,18 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
         reference_adapter=_init_adapter(cfg.reference_weights, "--reference-weights"),
         gradient_checkpointing=checkpointing, cache_dir=spec.cache_dir, job_started_unix=job.started_unix,
+        eval_every=(cfg.eval_every or cfg.checkpoint_every) if val else 0, val_pairs=val.count() if val else 0,
+        val_prompts=tuple(val_prompts[: cfg.val_samples]),
+        val_sample_every=(cfg.val_sample_every or cfg.eval_every or cfg.checkpoint_every) if cfg.val_samples else 0,
+        sample_steps=cfg.sample_steps, sample_shift=cfg.sample_shift, cfg_scale=cfg.cfg_scale,
+        max_text_tokens=preset.max_text_tokens, fps=preset.fps,
     )
     job.mark("data")
     trainer = make_trainer(
         train_loop_per_worker, loop_config_dict(loop_cfg), shards=shards, num_workers=cfg.num_workers,
         use_gpu=use_gpu, out=out, run_name=run_name, max_failures=cfg.max_failures, num_to_keep=cfg.num_to_keep,
         cpus_per_worker=cfg.cpus_per_worker, storage_path=cfg.storage_path,
+        extra_datasets={"val": val.shard()} if val else None,
     )
     result = fit_with_timeout(trainer, cfg.fit_timeout_s, f"Flow-DPO training {run_name!r}")
     if result.checkpoint is None:

@@ -50,6 +50,8 @@ class DriverSpec:
     desc: str
     job_started_unix: float = 0.0
     """``time.time()`` when the job started (0: unknown); rank 0 reports ``startup/first_step_s`` from it."""
+    eval_every: int = 0
+    """Steps between ``validate_fn`` calls (0: at each checkpoint)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +81,8 @@ class LoopCommon:
     """Tensor cache of the key rows (``<name>_key`` columns) the shards hold; "" when rows carry tensors."""
     job_started_unix: float = 0.0
     """``time.time()`` at the job's start, for the time-to-first-step metric (0: not measured)."""
+    eval_every: int = 0
+    """Steps between validations (0: at each checkpoint)."""
     def deepspeed_config(self, world_size: int) -> dict:
         """The DeepSpeed JSON config of these engine knobs (:func:`videoalign_ray.runtime.strategy.deepspeed_config`;
         the lr schedule spans ``max_steps``)."""
@@ -97,7 +101,7 @@ class LoopCommon:
             log_every=self.log_every, checkpoint_every=self.checkpoint_every,
             mlflow_tracking_uri=self.mlflow_tracking_uri, mlflow_run_id=self.mlflow_run_id,
             fault_marker=self.fault_marker, fail_at_step=self.fail_at_step, desc=desc,
-            job_started_unix=self.job_started_unix,
+            job_started_unix=self.job_started_unix, eval_every=self.eval_every,
         )
 
 
@@ -193,8 +197,8 @@ def run_steps(
 ) -> None:
     """Train ``engine`` to ``spec.max_steps`` on this rank's shard ``shard_<rank>`` (resuming if possible).
 
-    ``validate_fn(step)``, when given, runs on every rank before each checkpoint; its metrics are logged and
-    reported with the checkpoint. ``load``, when given, turns each micro-batch of key rows into tensors
+    ``validate_fn(step)``, when given, runs on every rank every ``spec.eval_every`` steps and at the last step
+    (at each checkpoint when ``eval_every`` is 0); its metrics are logged and reported with the next checkpoint. ``load``, when given, turns each micro-batch of key rows into tensors
     (see :func:`_batches`).
     """
     import ray.train
@@ -265,12 +269,14 @@ def run_steps(
                     progress.set_postfix(loss=f"{last['loss']:.4f}")
             if progress is not None:
                 progress.update(1)
-            if step % spec.checkpoint_every == 0 or step == spec.max_steps:
-                if validate_fn is not None:
-                    val = validate_fn(step)
-                    last.update(val)
-                    if tracker is not None:
-                        tracker.log_metrics(val, step)
+            is_checkpoint = step % spec.checkpoint_every == 0 or step == spec.max_steps
+            if validate_fn is not None and (step == spec.max_steps or (
+                    step % spec.eval_every == 0 if spec.eval_every else is_checkpoint)):
+                val = validate_fn(step)
+                last.update(val)
+                if tracker is not None and val:
+                    tracker.log_metrics(val, step)
+            if is_checkpoint:
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": consumed}
                 with tempfile.TemporaryDirectory(prefix="va-ckpt-") as tmp:
                     save_checkpoint(engine, Path(tmp), state, lora=lora, rank=rank, adapter_config=adapter_config)

@@ -48,8 +48,8 @@ RESULT_NEUTRAL_KEYS = frozenset({
     # resources and failure handling (the same result on more or fewer actors)
     "max_failures", "cpus_per_worker", "encoder_actors", "generators", "generator_replacements",
     "gpu_memory_gib", "reward_attempts",
-    # samples rendered for people, not trained on
-    "num_samples", "eval_samples_per_prompt",
+    # samples rendered for people and held-out evaluation, not trained on
+    "num_samples", "eval_samples_per_prompt", "val_data", "eval_every", "val_samples", "val_sample_every",
     # a resumed run continues up to max_steps (TrainSection)
     "max_steps",
     # test hooks
