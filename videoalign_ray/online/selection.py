@@ -1,4 +1,4 @@
-"""Pair selection for online preference collection (ALGORITHMS.md section 6; paper section 5).
+"""Pair selection for online preference collection (docs/algorithms.md section 6; paper section 5).
 
 Pure functions over per-sample rewards: no Ray, no I/O. A prompt's K samples have rewards ``(K, 3)``
 (VQ, MQ, TA); their weighted reward ``r = sum_d lambda_d r_d`` decides chosen vs rejected.

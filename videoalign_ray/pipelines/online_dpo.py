@@ -1,4 +1,4 @@
-"""``jobs/online_dpo.py``: online, iterative Flow-DPO (ALGORITHMS.md section 6; paper section 5).
+"""``jobs/online_dpo.py``: online, iterative Flow-DPO (docs/algorithms.md section 6; paper section 5).
 
 One round = generate (a pool of Ray actors samples K videos per prompt from the current policy) -> score (the
 synthetic world's ground truth, or the Ray Serve reward app) -> select (best vs worst weighted reward per
