@@ -72,37 +72,32 @@ def test_job_resume_and_a_killed_worker_reach_the_uninterrupted_result(tmp_path)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k), "training did not move the adapter"
 
-    # Same output folder, more steps: resumes from step 8, reuses the latent cache and the MLflow run.
-    s2 = run_flow_job(_cfg(out, **{**base, "max_steps": 10, "num_samples": 0}))
+    # Same output folder, more steps: resumes from step 8, reuses the latent cache and the MLflow run. Held-out
+    # data may join a resumed run (it changes no result): val/* every --eval-every step and at the last, and
+    # reference-vs-policy samples of its prompts every --val-sample-every steps (mp4s + one contact sheet).
+    from PIL import Image
+
+    from videoalign_ray.synthetic.world import split_scenes
+
+    val = make_preference_dataset(tmp_path / "val", num_pairs=6, scenes=split_scenes(seed=0)[1], seed=4, name="val")
+    s2 = run_flow_job(_cfg(out, **{**base, "max_steps": 10, "num_samples": 0, "val_data": str(val), "eval_every": 1,
+                                   "val_samples": 2, "val_sample_every": 2}))
     assert s2["steps"] == 10
     assert s2["mlflow_run_id"] == s1["mlflow_run_id"] and s2["resumed_mlflow_run"]
     assert s2["data_stats"]["videos_cached"] == s2["data_stats"]["videos"] > 0
     assert s2["data_stats"]["videos_encoded"] == 0
-    hist = _mlflow_run(s2)[0].get_metric_history(s1["mlflow_run_id"], "loss")
-    assert max(m.step for m in hist) == 10
-
-
-
-def test_val_data_logs_heldout_metrics_every_eval_steps_and_a_contact_sheet(tmp_path):
-    """--val-data: val/loss and val/implicit_acc at every --eval-every step (and the last), reference-vs-policy
-    samples of the held-out prompts every --val-sample-every steps, as mp4s and one contact sheet in MLflow."""
-    from PIL import Image
-
-    from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
-
-    train = make_preference_dataset(tmp_path / "train", seed=3)
-    val = make_preference_dataset(tmp_path / "val", num_pairs=6, scenes=split_scenes(seed=0)[1], seed=4, name="val")
-    s = run_flow_job(_cfg(tmp_path / "run", data=str(train), val_data=str(val), max_steps=4, checkpoint_every=4,
-                          eval_every=2, val_samples=2, val_sample_every=4, num_samples=0, sample_steps=2))
-    client, run = _mlflow_run(s)
+    client, run = _mlflow_run(s2)
+    assert max(m.step for m in client.get_metric_history(s1["mlflow_run_id"], "loss")) == 10
     for key in ("val/loss", "val/implicit_acc", "val/chosen_gap"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [2, 4], key
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [9, 10], key
     assert 0.0 <= run.data.metrics["val/implicit_acc"] <= 1.0 and run.data.metrics["val/loss"] > 0
-    assert s["final_metrics"]["val/loss"] == pytest.approx(run.data.metrics["val/loss"])
-    arts = {a.path for a in client.list_artifacts(run.info.run_id, "validation/step_000004")}
-    assert {"validation/step_000004/contact_sheet.png", "validation/step_000004/00_reference.mp4",
-            "validation/step_000004/01_policy.mp4"} <= arts, arts
-    assert not client.list_artifacts(run.info.run_id, "validation/step_000002")  # samples every 4 steps only
-    sheet = Image.open(client.download_artifacts(run.info.run_id, "validation/step_000004/contact_sheet.png",
+    assert s2["final_metrics"]["val/loss"] == pytest.approx(run.data.metrics["val/loss"])
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "validation/step_000010")}
+    assert {"validation/step_000010/contact_sheet.png", "validation/step_000010/00_reference.mp4",
+            "validation/step_000010/01_policy.mp4"} <= arts, arts
+    assert not client.list_artifacts(run.info.run_id, "validation/step_000009")  # samples every 2 steps only
+    sheet = Image.open(client.download_artifacts(run.info.run_id, "validation/step_000010/contact_sheet.png",
                                                  str(tmp_path)))
     assert sheet.width >= 2 * 4 * 160 and sheet.height > 2 * 160  # two rows of reference | policy strips
+
+
