@@ -120,11 +120,21 @@ def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_to_budget(
     frames: np.ndarray, *, sar: float = 1.0, factor: int = 28, min_pixels: int = 128 * 28 * 28,
-    max_pixels: int = 448 * 448,
+    max_pixels: int = 448 * 448, kernel: str = "uint8",
 ) -> np.ndarray:
-    """Resize to the reward model's budget (see :func:`smart_resize`) from the display aspect."""
+    """Resize to the reward model's budget (see :func:`smart_resize`) from the display aspect.
+
+    ``kernel="float"``: always the float32 antialiased bicubic, clamped and rounded (torchvision's tensor resize
+    of uint8 frames, what VideoAlign's ``fetch_video`` runs), instead of PyTorch's uint8 kernel when downscaling.
+    """
     h, w = frames.shape[1], frames.shape[2] * sar
     th, tw = smart_resize(int(h), max(1, round(w)), factor, min_pixels, max_pixels)
+    if kernel == "float":
+        if frames.shape[1:3] == (th, tw):
+            return np.ascontiguousarray(frames)
+        return np.ascontiguousarray(_upscale(frames, th, tw))
+    if kernel != "uint8":
+        raise ValueError(f"unknown resize kernel {kernel!r}")
     return _resize(frames, th, tw)
 
 

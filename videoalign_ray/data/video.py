@@ -230,6 +230,7 @@ def load_video(
     backend: str = "auto",
     limits: DecodeLimits | None = None,
     transform: Callable[[np.ndarray, VideoInfo], np.ndarray] | None = None,
+    frame_rule: str = "project",
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video (see :func:`sample_indices`).
 
@@ -243,6 +244,7 @@ def load_video(
         backend: ``auto`` (decord where it is safe, else PyAV), ``pyav`` (always PyAV) or ``decord``
             (decord where it is safe, with no fallback: for benchmarks).
         limits: checked before decoding (default :class:`DecodeLimits`).
+        frame_rule: ``project`` or ``videoalign`` (:func:`~videoalign_ray.data.sampling.sample_indices`).
         transform: ``transform(frames, info)`` maps uint8 ``(t, H, W, 3)`` display-oriented frames to uint8
             ``(t, h, w, 3)`` frame by frame (e.g. a resize); ``distinct`` holds its output. On the decord
             path it runs on chunks while the next chunk decodes; its errors propagate as raised.
@@ -256,7 +258,8 @@ def load_video(
         raise ValueError(f"unknown backend {backend!r}")
 
     def plan(info: VideoInfo, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames)
+        indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames,
+                                 rule=frame_rule)
         distinct, inverse = np.unique(indices, return_inverse=True)
         check_limits(info, total, indices, distinct, limits)
         return indices, distinct, inverse

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -257,10 +258,11 @@ def add_lora(transformer, rank: int, alpha: float, seed: int) -> None:
 
 
 def merge_lora(transformer, state: dict[str, torch.Tensor], rank: int, alpha: float) -> int:
-    """Fold a LoRA adapter into ``transformer``'s own weights in place: ``W += (alpha / rank) * B @ A`` for every
-    ``<module>.lora_A.weight`` ``(r, in)`` / ``<module>.lora_B.weight`` ``(out, r)`` pair of ``state`` (the peft
-    keys of the injected model, as ``flow.lora_export.read_adapter_state`` returns them); LoRA, Hu et al. 2021,
-    eq. 3. The merged network computes what base + adapter computes, with no adapter layers.
+    """Fold a LoRA adapter into ``transformer``'s own weights in place, through peft
+    (:func:`~videoalign_ray.flow.lora_merge.merge_peft_state`: ``W + (alpha / rank) B A``, LoRA, Hu et al. 2021,
+    eq. 3) for every ``<module>.lora_A.weight`` ``(r, in)`` / ``<module>.lora_B.weight`` ``(out, r)`` pair of
+    ``state`` (the peft keys of the injected model, as ``flow.lora_export.read_adapter_state`` returns them).
+    The merged network computes what base + adapter computes, with no adapter layers.
 
     Returns:
         The number of weight matrices changed.
@@ -268,20 +270,22 @@ def merge_lora(transformer, state: dict[str, torch.Tensor], rank: int, alpha: fl
     Raises:
         ValueError: a key without its A/B partner, a module the model lacks, or shapes that do not fit.
     """
-    scale = alpha / rank
+    from videoalign_ray.flow.lora_merge import merge_peft_state
+
     prefixes = {k.removesuffix(f".lora_{x}.weight") for k in state for x in "AB" if k.endswith(f".lora_{x}.weight")}
     unpaired = set(state) ^ {f"{p}.lora_{x}.weight" for p in prefixes for x in "AB"}
     if unpaired:
         raise ValueError(f"adapter keys without an A/B pair: {sorted(unpaired)[:5]}")
+    for prefix in sorted(prefixes):
+        try:
+            weight = transformer.get_submodule(prefix).weight
+        except AttributeError as err:
+            raise ValueError(f"adapter module {prefix!r} is not in the model") from err
+        a, b = state[f"{prefix}.lora_A.weight"], state[f"{prefix}.lora_B.weight"]
+        if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
+            raise ValueError(f"{prefix}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit the weight "
+                             f"{tuple(weight.shape)}")
+    injected = {re.sub(r"\.lora_([AB])\.weight$", r".lora_\1.default.weight", k): v for k, v in state.items()}
     with torch.no_grad():
-        for prefix in sorted(prefixes):
-            try:
-                weight = transformer.get_submodule(prefix).weight
-            except AttributeError as err:
-                raise ValueError(f"adapter module {prefix!r} is not in the model") from err
-            a, b = state[f"{prefix}.lora_A.weight"].float(), state[f"{prefix}.lora_B.weight"].float()
-            if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
-                raise ValueError(f"{prefix}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit the weight "
-                                 f"{tuple(weight.shape)}")
-            weight.add_((scale * b @ a).to(weight.dtype))
+        merge_peft_state(transformer, injected, rank=rank, alpha=alpha)
     return len(prefixes)

@@ -45,7 +45,9 @@ def run_eval_reward(cfg: EvalRewardConfig) -> dict:
     from videoalign_ray.runtime.hub import resolve_model_location
 
     checkpoint = resolve_model_location(cfg.reward_checkpoint, "--reward-checkpoint")
-    if not (checkpoint / "reward_config.json").is_file():
+    from videoalign_ray.reward.checkpoint import is_reward_checkpoint
+
+    if not is_reward_checkpoint(checkpoint):
         raise ModelPathError(f"{cfg.reward_checkpoint}: not a VideoReward checkpoint (run jobs/train_reward.py first)")
     with job_run(cfg, start_ray=True) as job:
         return _run(cfg, job, str(checkpoint))

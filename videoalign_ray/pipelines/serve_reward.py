@@ -72,8 +72,11 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
 
     given = str(resolve_model_location(cfg.reward_checkpoint, "--reward-checkpoint")) if cfg.reward_checkpoint else None
-    if given and not (Path(given) / "reward_config.json").is_file():
-        raise ModelPathError(f"--reward-checkpoint {cfg.reward_checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
+    from videoalign_ray.reward.checkpoint import is_reward_checkpoint
+
+    if given and not is_reward_checkpoint(given):
+        raise ModelPathError(f"--reward-checkpoint {cfg.reward_checkpoint}: not a VideoReward checkpoint (no "
+                             "reward_config.json or model_config.json)")
     init_ray()
     ckpt = given or str(make_untrained_checkpoint(Path(cfg.output_dir).resolve() / "untrained"))
     if not cfg.reward_checkpoint:

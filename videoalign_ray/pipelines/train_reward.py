@@ -77,12 +77,12 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     from videoalign_ray.reward.checkpoint import save_reward_checkpoint
     from videoalign_ray.reward.pipeline import FrameSpec, decode_pairs
     from videoalign_ray.reward.processor import build_tiny_tokenizer, load_tokenizer
+    from videoalign_ray.reward.scheme import ScoringScheme
     from videoalign_ray.reward.train_loop import (
         RewardLoopConfig,
         accuracy_table,
         build_reward_model,
         loop_config_dict,
-        merge_lora_state,
         score_margins,
         train_loop_per_worker,
     )
@@ -112,8 +112,8 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         load_tokenizer(model_path).save_pretrained(tok_dir)
 
     use_gpu = use_gpu_default(cfg.use_gpu)
-    spec = FrameSpec(fps=cfg.fps, min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28,
-                     max_pixels=cfg.max_pixels)
+    scheme = ScoringScheme(fps=cfg.fps, min_pixels=TINY_PIXELS if tiny else 128 * 28 * 28, max_pixels=cfg.max_pixels)
+    spec = FrameSpec.of(scheme)  # new trainings use the project scheme (README: which scheme, and why)
     cache_dir = resolve_cache_dir(cfg.cache_dir, out)
     train_rows, val_rows = decode_pairs(loaded.pairs, spec, cache_dir), decode_pairs(loaded_val.pairs, spec, cache_dir)
     train_rejects, val_rejects = train_rows.rejects, val_rows.rejects
@@ -164,8 +164,12 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         state = load_file(Path(d) / "model" / "model.safetensors")
         steps = json.loads((Path(d) / "state.json").read_text())["step"]
     plain, proc = build_reward_model(str(tok_dir), model_path, cfg.output_dim, cfg.reward_token, cfg.seed)
-    plain.load_state_dict(merge_lora_state(state, loop_cfg.lora_alpha / lora_rank) if lm_training == "lora"
-                          else state)
+    if lm_training == "lora":  # the LM's adapters folded in by peft
+        from videoalign_ray.flow.lora_merge import merge_peft_state
+
+        plain = merge_peft_state(plain, state, rank=lora_rank, alpha=loop_cfg.lora_alpha)
+    else:
+        plain.load_state_dict(state)
     plain.eval()
     val_rows = val_rows.dataset.take_all()
     ra, rb = score_margins(plain, proc, val_rows, "cpu")
@@ -176,7 +180,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
     table = accuracy_table(ra, rb, np.stack([r["labels"] for r in val_rows]))
     final = save_reward_checkpoint(plain, proc.tokenizer, out / "final",
                                    {"fps": spec.fps, "min_pixels": spec.min_pixels, "max_pixels": spec.max_pixels,
-                                    "steps": steps})
+                                    "steps": steps}, scheme=scheme)
     tracker.log_metrics({f"final/{k}": v for k, v in table.items()}, step=steps)
     tracker.log_artifact(final, "final")
     summary = {"train_pairs": len(loaded.pairs), "val_pairs": len(val_rows), "rejects": len(rejects),

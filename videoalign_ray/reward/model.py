@@ -55,15 +55,18 @@ class VideoRewardModel(nn.Module):
         backbone: a ``Qwen2VLForConditionalGeneration`` (its ``.model`` gives hidden states).
         reward_token_ids: token ids of ``<|VQ_reward|>``, ``<|MQ_reward|>``, ``<|TA_reward|>``.
         output_dim: 1 (shared row) or 3 (row d at token d); ignored for ``reward_token="last"`` (always 3).
+        positions: ``"mrope"`` (transformers' 3-D multimodal positions) or ``"1d"`` (``0..L-1`` on the three
+            rotary axes, VideoAlign's positions: :mod:`videoalign_ray.reward.scheme`).
     """
 
     def __init__(self, backbone, reward_token_ids: list[int], output_dim: int = 1,
-                 reward_token: Literal["special", "last"] = "special"):
+                 reward_token: Literal["special", "last"] = "special", positions: Literal["mrope", "1d"] = "mrope"):
         super().__init__()
         if output_dim not in (1, 3):
             raise ValueError(f"output_dim must be 1 or 3, got {output_dim}")
         self.backbone = backbone
         self.reward_token = reward_token
+        self.positions = positions
         self.output_dim = 3 if reward_token == "last" else output_dim
         hidden = backbone.config.text_config.hidden_size
         self.rm_head = nn.Linear(hidden, self.output_dim, bias=False)
@@ -77,9 +80,13 @@ class VideoRewardModel(nn.Module):
         Raises:
             ValueError: a row lacks one of the reward tokens (``reward_token="special"``).
         """
+        position_ids = None
+        if self.positions == "1d":  # VideoAlign: position_ids=None under transformers 4.45 -> arange on 3 axes
+            b, length = input_ids.shape
+            position_ids = torch.arange(length, device=input_ids.device).view(1, 1, -1).expand(3, b, -1)
         out = self.backbone.model(
             input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixel_values_videos,
-            video_grid_thw=video_grid_thw, mm_token_type_ids=mm_token_type_ids,
+            video_grid_thw=video_grid_thw, mm_token_type_ids=mm_token_type_ids, position_ids=position_ids,
         )
         hidden = out.last_hidden_state  # (B, L, H)
         b = hidden.shape[0]

@@ -30,13 +30,24 @@ INVALID = -100
 
 @dataclass(frozen=True)
 class FrameSpec:
-    """Frame sampling and the pixel budget (pixels per frame, multiples of ``factor``)."""
+    """Frame sampling and the pixel budget (pixels per frame, multiples of ``factor``): ``fps`` or exactly
+    ``num_frames``, the frame ``rule`` and resize ``kernel`` of a scoring scheme
+    (:class:`~videoalign_ray.reward.scheme.ScoringScheme`)."""
 
-    fps: float = 2.0
+    fps: float | None = 2.0
     min_pixels: int = 128 * 28 * 28
     max_pixels: int = 448 * 448
     max_frames: int = 768
     factor: int = 28
+    num_frames: int | None = None
+    rule: str = "project"
+    kernel: str = "uint8"
+
+    @classmethod
+    def of(cls, scheme) -> FrameSpec:
+        """The frame spec of a :class:`~videoalign_ray.reward.scheme.ScoringScheme`."""
+        return cls(fps=scheme.fps, min_pixels=scheme.min_pixels, max_pixels=scheme.max_pixels,
+                   num_frames=scheme.num_frames, rule=scheme.frame_rule, kernel=scheme.resize)
 
 
 def decode_for_reward(path: str, spec: FrameSpec, limits: DecodeLimits | None = None) -> np.ndarray:
@@ -48,9 +59,10 @@ def decode_for_reward(path: str, spec: FrameSpec, limits: DecodeLimits | None = 
     """
     def resize(frames: np.ndarray, info: VideoInfo) -> np.ndarray:
         return resize_to_budget(frames, sar=info.sar, factor=spec.factor, min_pixels=spec.min_pixels,
-                                max_pixels=spec.max_pixels)
+                                max_pixels=spec.max_pixels, kernel=spec.kernel)
 
-    v = load_video(path, target_fps=spec.fps, max_frames=spec.max_frames, limits=limits, transform=resize)
+    v = load_video(path, target_fps=spec.fps, num_frames=spec.num_frames, max_frames=spec.max_frames, limits=limits,
+                   transform=resize, frame_rule=spec.rule)
     return np.ascontiguousarray(expand_frames(v.distinct, v.inverse))
 
 
@@ -67,7 +79,9 @@ def frame_key(path: str, spec: FrameSpec) -> str:
     """
     st = os.stat(path)
     raw = (f"frames\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{spec.fps}\0{spec.min_pixels}\0"
-           f"{spec.max_pixels}\0{spec.max_frames}\0{spec.factor}\0v{FRAMES_VERSION}")
+           f"{spec.max_pixels}\0{spec.max_frames}\0{spec.factor}\0v{FRAMES_VERSION}"
+           + ("" if (spec.num_frames, spec.rule, spec.kernel) == (None, "project", "uint8")
+              else f"\0{spec.num_frames}\0{spec.rule}\0{spec.kernel}"))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

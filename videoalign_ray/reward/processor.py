@@ -10,12 +10,14 @@ transformers needs for M-RoPE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from videoalign_ray.reward.scheme import ScoringScheme
 
 REWARD_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
 QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -31,6 +33,15 @@ TEMPLATE = (
     "The text prompt used to generate this video is: \"{caption}\". "
     "Please evaluate how well the video aligns with the text prompt. <|TA_reward|><|im_end|>\n"
 )
+
+QWEN2VL_CHAT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    "<|vision_start|>{video}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
+)
+"""Qwen2-VL's chat template rendered for one user message holding a video then a text, with the default system
+prompt and the generation prompt (``apply_chat_template(..., add_generation_prompt=True)``), as VideoAlign's
+``inference.py`` builds its inputs. tests/test_videoalign_parity.py renders Qwen2-VL's Jinja template to check it."""
+CAPTION_SLOT = "\x00caption\x00"
 
 
 def patchify(frames: np.ndarray, patch_size: int = 14, temporal_patch_size: int = 2,
@@ -78,8 +89,8 @@ def load_tokenizer(path: str | Path):
 
     tok = AutoTokenizer.from_pretrained(path)
     missing = [t for t in REWARD_TOKENS if t not in tok.get_vocab()]
-    if missing:
-        tok.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+    if missing:  # appended in this order, as VideoAlign's create_model_and_processor adds them
+        tok.add_tokens(missing, special_tokens=True)
     if tok.pad_token is None:
         tok.pad_token = "<|endoftext|>"
     return tok
@@ -87,9 +98,12 @@ def load_tokenizer(path: str | Path):
 
 @dataclass
 class VideoRewardProcessor:
-    """Turns (frames, caption) pairs into the model's inputs. ``frames`` are already sampled and resized."""
+    """Turns (frames, caption) pairs into the model's inputs. ``frames`` are already sampled and resized.
+    ``scheme`` picks the text around the caption (the project's template or VideoAlign's, see
+    :mod:`videoalign_ray.reward.scheme`)."""
 
     tokenizer: object
+    scheme: ScoringScheme = field(default_factory=ScoringScheme)
     patch_size: int = 14
     temporal_patch_size: int = 2
     merge_size: int = 2
@@ -135,6 +149,16 @@ class VideoRewardProcessor:
         plain.encode_special_tokens = True
         return plain
 
+    def template_text(self, video_tokens: int) -> str:
+        """The full input text with ``video_tokens`` video pads and :data:`CAPTION_SLOT` where the caption goes."""
+        video = "<|video_pad|>" * video_tokens
+        if self.scheme.template == "project":
+            return TEMPLATE.format(video=video, caption=CAPTION_SLOT)
+        from videoalign_ray.reward.videoalign_templates import build_prompt
+
+        user = build_prompt(CAPTION_SLOT, list(self.scheme.eval_dims), self.scheme.template)
+        return QWEN2VL_CHAT.format(video=video, text=user)
+
     def encode_text(self, video_tokens: int, caption: str) -> list[int]:
         """Token ids of the reward template with ``video_tokens`` video pads and ``caption``.
 
@@ -146,10 +170,10 @@ class VideoRewardProcessor:
             ValueError: the caption is not valid Unicode text.
         """
         self.check_text(caption)
-        text = TEMPLATE.format(video="<|video_pad|>" * video_tokens, caption="{caption}")
-        if not any(tok in caption for tok in self.special_strings):
-            return self.tokenizer(text.replace("{caption}", caption), add_special_tokens=False)["input_ids"]
-        head, tail = text.split("{caption}")
+        text = self.template_text(video_tokens)
+        if not any(tok in caption for tok in self.special_strings) and "\x00" not in caption:
+            return self.tokenizer(text.replace(CAPTION_SLOT, caption), add_special_tokens=False)["input_ids"]
+        head, tail = text.split(CAPTION_SLOT)
         enc = self.tokenizer([head, tail], add_special_tokens=False)["input_ids"]
         return enc[0] + self.caption_ids(caption) + enc[1]
 

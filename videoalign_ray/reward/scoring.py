@@ -8,9 +8,6 @@ a scored video.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import ray
 
@@ -25,14 +22,14 @@ class RewardScorer:
     def __init__(self, checkpoint: str):
         import torch
 
-        from videoalign_ray.reward.checkpoint import load_reward_checkpoint
+        from videoalign_ray.reward.checkpoint import load_reward_checkpoint, place_for_scoring
         from videoalign_ray.reward.pipeline import FrameSpec
 
         self.torch = torch
-        self.model, self.proc = load_reward_checkpoint(checkpoint)
-        rc = json.loads((Path(checkpoint) / "reward_config.json").read_text())
-        self.spec = FrameSpec(fps=rc.get("fps", 2.0), min_pixels=rc.get("min_pixels", 128 * 28 * 28),
-                              max_pixels=rc.get("max_pixels", 448 * 448))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"  # decided in the actor, by what it has
+        model, self.proc = load_reward_checkpoint(checkpoint)
+        self.model = place_for_scoring(model, self.proc.scheme, self.device)
+        self.spec = FrameSpec.of(self.proc.scheme)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from videoalign_ray.reward.pipeline import decode_for_reward
@@ -50,9 +47,10 @@ class RewardScorer:
         raw = np.full((len(paths), 3), np.nan, np.float32)
         if ok:
             with self.torch.no_grad():
-                inputs = self.proc([frames[i] for i in ok], [prompts[i] for i in ok])
-                raw[ok] = self.model(**inputs).float().numpy()
-        norm = (raw - self.model.norm_mean.numpy()) / self.model.norm_std.numpy()
+                inputs = {k: v.to(self.device) for k, v in self.proc([frames[i] for i in ok],
+                                                                     [prompts[i] for i in ok]).items()}
+                raw[ok] = self.model(**inputs).float().cpu().numpy()
+        norm = (raw - self.model.norm_mean.float().cpu().numpy()) / self.model.norm_std.float().cpu().numpy()
         out = {"path": np.array(paths), "prompt": np.array(prompts), "error": np.array(errors, dtype=object)}
         for d, name in enumerate(("VQ", "MQ", "TA")):
             out[f"raw_{name}"] = raw[:, d]

@@ -55,24 +55,6 @@ def build_reward_model(tokenizer_dir: str, model_path: str | None, output_dim: i
     return model, proc
 
 
-def merge_lora_state(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
-    """A peft-injected state dict -> plain weights: ``W = base + scale * B @ A``; other keys unchanged."""
-    out = {}
-    for k, v in state.items():
-        if ".lora_A." in k or ".lora_B." in k:
-            continue
-        if ".base_layer." in k:
-            prefix, name = k.split(".base_layer.")
-            w = v
-            a = state.get(f"{prefix}.lora_A.default.{name}")
-            if a is not None and name == "weight":
-                w = v + scale * (state[f"{prefix}.lora_B.default.{name}"].float() @ a.float()).to(v.dtype)
-            out[f"{prefix}.{name}"] = w
-        else:
-            out[k] = v
-    return out
-
-
 def _forward_pairs(model, proc, batch, device):
     fa, fb = list(batch["frames_a"]), list(batch["frames_b"])
     captions = [str(c) for c in batch["caption"]]

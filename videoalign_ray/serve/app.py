@@ -332,16 +332,18 @@ def app_builder(args: dict):
 
     Raises:
         ValueError: no checkpoint and ``allow_untrained`` not set, or a checkpoint folder without
-            reward_config.json (so a bad ``serve deploy`` fails before it touches the running replicas).
+            reward_config.json or model_config.json (so a bad ``serve deploy`` fails before it touches the running replicas).
     """
     from videoalign_ray.serve.scorer import make_untrained_checkpoint
 
     if not args.get("checkpoint") and not args.get("allow_untrained"):
         raise ValueError("videoreward app: args.checkpoint is required (a VideoReward checkpoint folder); set "
                          "args.allow_untrained: true to serve an untrained tiny model for smoke tests")
-    if args.get("checkpoint") and not (Path(args["checkpoint"]) / "reward_config.json").is_file():
+    from videoalign_ray.reward.checkpoint import is_reward_checkpoint
+
+    if args.get("checkpoint") and not is_reward_checkpoint(args["checkpoint"]):
         raise ValueError(f"videoreward app: args.checkpoint {args['checkpoint']} is not a VideoReward checkpoint "
-                         "(no reward_config.json)")
+                         "(no reward_config.json or model_config.json)")
     ckpt = args.get("checkpoint") or str(make_untrained_checkpoint(Path("outputs/serve_reward/untrained").resolve()))
     settings = {"checkpoint": ckpt, "latent_reward": args.get("latent_reward"),
                 "data_roots": args.get("data_roots") or [str(Path.cwd())],

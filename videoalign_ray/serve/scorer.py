@@ -26,20 +26,28 @@ class RewardScorer:
     """
 
     def __init__(self, checkpoint: str | Path, latent_reward: str | Path | None = None, device: str = "cpu"):
-        from videoalign_ray.reward.checkpoint import load_reward_checkpoint
+        from videoalign_ray.reward.checkpoint import (
+            is_reward_checkpoint,
+            load_reward_checkpoint,
+            place_for_scoring,
+        )
         from videoalign_ray.reward.pipeline import FrameSpec
+        from videoalign_ray.reward.videoalign_checkpoint import choose_checkpoint, is_videoalign_folder
 
         checkpoint = Path(checkpoint)
-        if not (checkpoint / "reward_config.json").is_file():
-            raise ModelPathError(f"{checkpoint}: not a VideoReward checkpoint (no reward_config.json)")
+        if not is_reward_checkpoint(checkpoint):
+            raise ModelPathError(f"{checkpoint}: not a VideoReward checkpoint (no reward_config.json or "
+                                 "model_config.json)")
         self.checkpoint = str(checkpoint.resolve())
         self.device = device
-        self.model, self.proc = load_reward_checkpoint(checkpoint)
-        self.model.to(device)
-        rc = json.loads((checkpoint / "reward_config.json").read_text())
-        self.spec = FrameSpec(fps=rc.get("fps", 2.0), min_pixels=rc.get("min_pixels", 128 * 28 * 28),
-                              max_pixels=rc.get("max_pixels", 448 * 448))
-        self.model_id = f"{checkpoint.name}@steps={rc.get('steps', 'untrained')}"
+        model, self.proc = load_reward_checkpoint(checkpoint)
+        self.model = place_for_scoring(model, self.proc.scheme, device)
+        self.spec = FrameSpec.of(self.proc.scheme)
+        if is_videoalign_folder(checkpoint):
+            self.model_id = f"{checkpoint.name}@{choose_checkpoint(checkpoint).name}"
+        else:
+            rc = json.loads((checkpoint / "reward_config.json").read_text())
+            self.model_id = f"{checkpoint.name}@steps={rc.get('steps', 'untrained')}"
         self.latent = None
         if latent_reward:
             from videoalign_ray.reward.latent import load_latent_reward_spec
@@ -79,7 +87,7 @@ class RewardScorer:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
         return resize_to_budget(frames, factor=self.spec.factor, min_pixels=self.spec.min_pixels,
-                                max_pixels=self.spec.max_pixels)
+                                max_pixels=self.spec.max_pixels, kernel=self.spec.kernel)
 
     @torch.no_grad()
     def score(self, frames: list[np.ndarray], prompts: list[str]) -> list[dict[str, float]]:
@@ -88,7 +96,7 @@ class RewardScorer:
             return []
         inputs = {k: v.to(self.device) for k, v in self.proc(frames, prompts).items()}
         raw = self.model(**inputs).float().cpu().numpy()
-        norm = (raw - self.model.norm_mean.cpu().numpy()) / self.model.norm_std.cpu().numpy()
+        norm = (raw - self.model.norm_mean.float().cpu().numpy()) / self.model.norm_std.float().cpu().numpy()
         return [{**{d: float(row[k]) for k, d in enumerate(DIMS)}, "Overall": float(row.sum())} for row in norm]
 
     def guide(self, latents: np.ndarray, t: np.ndarray, prompt_embeds: np.ndarray,
