@@ -81,3 +81,15 @@ def test_own_checkpoint_round_trip(tok, tmp_path):
         assert torch.allclose(loaded(**inp), m(**inp), atol=1e-6)
     assert loaded.norm_mean.tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert not list(tmp_path.glob(".ck-*"))
+
+
+def test_released_checkpoints_score_in_float32_on_cpu(tok):
+    """VideoAlign runs the released model in bf16; on a CPU the scorer keeps float32 (bf16 only on a GPU that has
+    it), whatever the scheme asks for."""
+    from videoalign_ray.reward.checkpoint import place_for_scoring
+    from videoalign_ray.reward.scheme import ScoringScheme
+
+    released = ScoringScheme(template="detailed_special", positions="1d", frame_rule="videoalign", resize="float",
+                             dtype="bfloat16")
+    model = place_for_scoring(_model(tok, seed=7), released, "cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
