@@ -38,8 +38,8 @@ def scheme_of(reward_config: dict) -> ScoringScheme:
 def save_reward_checkpoint(model: VideoRewardModel, tokenizer, folder: str | Path, extra: dict | None = None,
                            scheme: ScoringScheme | None = None) -> Path:
     """Write our HF-style checkpoint folder atomically (temp folder + rename), recording ``scheme`` (default: the
-    project scheme)."""
-    scheme = scheme or ScoringScheme()
+    project scheme at the ``fps`` / ``min_pixels`` / ``max_pixels`` of ``extra``, see :func:`scheme_of`)."""
+    scheme = scheme or scheme_of(extra or {})
     with atomic_dir(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
