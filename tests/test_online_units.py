@@ -58,9 +58,9 @@ def test_pair_store_commits_rounds_atomically_and_reads_only_committed(tmp_path)
     store.commit(1, _rows(1, tmp_path), {"policy_version": 0})
     store.commit(2, _rows(2, tmp_path, 3), {"policy_version": 1})
     # a folder left by a crash between rename and manifest, and a temp folder: neither is read
-    (tmp_path / "pairs" / "round=003").mkdir()
-    _rows(3, tmp_path).drop(columns="round").to_parquet(tmp_path / "pairs" / "round=003" / "part-000.parquet")
-    (tmp_path / "pairs" / ".round=004-tmp").mkdir()
+    (tmp_path / "pairs" / "round-003").mkdir()
+    _rows(3, tmp_path).to_parquet(tmp_path / "pairs" / "round-003" / "part-000.parquet")
+    (tmp_path / "pairs" / ".round-004-tmp").mkdir()
     assert sorted(store.committed()) == [1, 2] and store.committed()[2]["pairs"] == 3
     assert store.read()["round"].tolist() == [1, 1, 2, 2, 2]
     assert store.read([2])["prompt"].tolist() == ["p0", "p1", "p2"]
@@ -72,7 +72,7 @@ def test_pair_store_commits_rounds_atomically_and_reads_only_committed(tmp_path)
         store.commit(4, _rows(3, tmp_path), {})
     with pytest.raises(KeyError, match=r"\[3\]"):
         store.read([3])
-    manifest = json.loads((tmp_path / "pairs" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "pairs" / ".manifest.json").read_text())
     assert set(manifest["rounds"]) == {"1", "2"}
 
 
