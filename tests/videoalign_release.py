@@ -222,7 +222,7 @@ def build_world(root: Path, shared_data: Path) -> dict:
     special_ids = tok.convert_tokens_to_ids(REWARD_TOKENS)
     # The "trained" model: base, embeddings resized with trained new rows, a trained vision tower, a reward head
     g = torch.Generator().manual_seed(1)
-    base.resize_token_embeddings(len(tok))
+    base.resize_token_embeddings(len(tok), mean_resizing=False)
     trained = {k: v.clone() for k, v in base.state_dict().items()}
     for k in trained:
         if k.startswith("model.visual.") or k == "model.language_model.embed_tokens.weight":
@@ -302,7 +302,7 @@ def reference_scores(world, weights: dict, conf: dict) -> np.ndarray:
     from transformers import Qwen2VLForConditionalGeneration
 
     model = Qwen2VLForConditionalGeneration(world["base"].config)
-    model.resize_token_embeddings(len(world["tok"]))
+    model.resize_token_embeddings(len(world["tok"]), mean_resizing=False)
     model.load_state_dict(weights)
     batch = va_batch(world["paths"], world["prompts"], world["tok"], conf["data_config"])
     return va_reward(model.eval(), world["rm_head"], batch, world["special_ids"], conf["inference_config"])

@@ -160,7 +160,7 @@ def load_videoalign_checkpoint(folder: str | Path, step: int | None = -1, base: 
     backbone = (Qwen2VLForConditionalGeneration.from_pretrained(base_dir, torch_dtype=torch.float32)
                 if has_base_weights else Qwen2VLForConditionalGeneration(Qwen2VLConfig.from_pretrained(base_dir)))
     if special:  # VideoAlign: add the reward tokens, then resize_token_embeddings(len(tokenizer))
-        backbone.resize_token_embeddings(len(tok))
+        backbone.resize_token_embeddings(len(tok), mean_resizing=False)  # rows are loaded below
     proc = VideoRewardProcessor(tok, scheme)
     ids = proc.reward_token_ids if special else [0, 0, 0]
     model = VideoRewardModel(backbone, ids, output_dim=int(model_conf.get("output_dim", 1)), reward_token=reward_token,
