@@ -27,16 +27,22 @@ def test_files_and_folders_get_the_mode_of_the_umask(tmp_path, umask):
     assert current_umask() == umask
     write_text_atomic(tmp_path / "summary.json", "{}")
     with atomic_path(tmp_path / "cache.bin", fsync=False) as tmp:
-        tmp.write_bytes(b"x")
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"value": torch.zeros(2)}, str(tmp))  # safetensors writes its files 0600
     with atomic_dir(tmp_path / "final") as tmp:
         (tmp / "adapter").mkdir()
         (tmp / "adapter" / "w.safetensors").write_bytes(b"w")
+        # a library writing through a private temporary file (diffusers' LoRA export does) leaves 0600
+        os.close(os.open(tmp / "pytorch_lora_weights.safetensors", os.O_CREAT | os.O_WRONLY, 0o600))
     plain_file, plain_dir = tmp_path / "plain.txt", tmp_path / "plain"
     plain_file.write_text("")
     plain_dir.mkdir()
     assert _mode(tmp_path / "summary.json") == _mode(tmp_path / "cache.bin") == _mode(plain_file) == 0o666 & ~umask
     assert _mode(tmp_path / "final") == _mode(tmp_path / "final" / "adapter") == _mode(plain_dir) == 0o777 & ~umask
     assert _mode(tmp_path / "final" / "adapter" / "w.safetensors") == 0o666 & ~umask
+    assert _mode(tmp_path / "final" / "pytorch_lora_weights.safetensors") == 0o666 & ~umask
     if umask == 0o022:  # the issue's case: another user reads the adapter
         assert _mode(tmp_path / "final") & stat.S_IROTH and _mode(tmp_path / "summary.json") & stat.S_IROTH
 

@@ -35,14 +35,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    """fsync every file under ``root`` and the folders themselves (the data reaches the disk before the rename
-    that publishes it; a power loss leaves the old version or the new one, never an empty file)."""
+def _publish_tree(root: Path) -> None:
+    """Give every file under ``root`` the umask's mode (0666 less the umask; folders 0777 less it: a library that
+    writes through a private temporary file, as diffusers' LoRA export does, leaves 0600), then fsync the files
+    and the folders (the data reaches the disk before the rename that publishes it; a power loss leaves the old
+    version or the new one, never an empty file)."""
+    mask = current_umask()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             p = Path(dirpath) / name
             if not p.is_symlink():
+                os.chmod(p, 0o666 & ~mask)
                 _fsync(p)
+        os.chmod(dirpath, 0o777 & ~mask)
         _fsync(Path(dirpath))
 
 
@@ -60,8 +65,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
+        mode = 0o666 & ~current_umask()
+        os.chmod(tmp, mode)
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: a writer may have replaced the file (safetensors writes 0600)
         if fsync:
             _fsync(Path(tmp))
         os.replace(tmp, path)
@@ -83,7 +90,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed after).
 
-    The folder gets the umask's mode (0777 less the umask); its contents are fsynced before the rename. If the
+    The folder and everything in it get the umask's modes (0777 / 0666 less the umask, whatever mode the writer
+    used); its contents are fsynced before the rename. If the
     block raises, the temporary folder is removed and ``path`` is left as it was.
     """
     import shutil
@@ -94,7 +102,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
-        _fsync_tree(tmp)
+        _publish_tree(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)
