@@ -43,6 +43,16 @@ def merge_peft_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, use_rslora=use_rslora, use_dora=use_dora,
                         target_modules="^(" + "|".join(re.escape(t) for t in targets) + ")$", bias="none")
     wrapped = LoraModel(model, config, "default")
+    load_over(model, state)
+    return wrapped.merge_and_unload()
+
+
+def load_over(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` over ``model``'s own weights (keys it leaves out keep their values), in the model's dtypes.
+
+    Raises:
+        ValueError: a key the model lacks, or a shape that does not fit.
+    """
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
@@ -51,4 +61,3 @@ def merge_peft_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, 
         if own[k].shape != v.shape:
             raise ValueError(f"{k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
     model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items()}})
-    return wrapped.merge_and_unload()

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from videoalign_ray.errors import ModelPathError
-from videoalign_ray.flow.lora_merge import merge_peft_state
+from videoalign_ray.flow.lora_merge import load_over, merge_peft_state
 from videoalign_ray.reward.scheme import ScoringScheme
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,12 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _lora_merged(model, state: dict[str, torch.Tensor], settings: dict, what: str):
+def _into(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its ValueError (weights that do not fit) reported as a ModelPathError."""
     try:
-        return merge_peft_state(model, state, **settings)
+        return fn(*args, **kwargs)
     except ValueError as exc:
         raise ModelPathError(f"{what}: {exc}") from None
-
-
-def _check_shapes(own: dict, state: dict, what: str) -> None:
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise ModelPathError(f"{what}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
 
 
 def load_videoalign_checkpoint(folder: str | Path, step: int | None = -1, base: str | None = None):
@@ -167,17 +162,11 @@ def load_videoalign_checkpoint(folder: str | Path, step: int | None = -1, base: 
                              positions=scheme.positions)
     what = str(ckpt)
     if raw is not None and not peft_layout:  # full fine-tune
-        state = {to_current_name(k): v for k, v in raw.items()}
-        own = model.state_dict()
-        unknown = [k for k in state if k not in own]
-        if unknown:
-            raise ModelPathError(f"{what}: weights the model lacks, e.g. {unknown[:3]}")
-        _check_shapes(own, state, what)
-        model.load_state_dict({**own, **state})
+        _into(what, load_over, model, {to_current_name(k): v for k, v in raw.items()})
         layout = "full model.pth"
     elif raw is not None:  # PEFT-wrapped model.pth
         state = {_peft_to_current(k): v for k, v in raw.items()}
-        model = _lora_merged(model, state, _lora_settings(peft_conf, None), what)
+        model = _into(what, merge_peft_state, model, state, **_lora_settings(peft_conf, None))
         layout = "peft model.pth"
     else:  # adapter + non-LoRA weights over the base
         from safetensors.torch import load_file
@@ -191,7 +180,7 @@ def load_videoalign_checkpoint(folder: str | Path, step: int | None = -1, base: 
         targets = {re.sub(r"\.lora_A\.default\.weight$", "", k) for k in lora if ".lora_A." in k}
         non_lora = {(k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
                      if k.rsplit(".", 1)[0] in targets else k): v for k, v in non_lora.items()}
-        model = _lora_merged(model, {**non_lora, **lora}, _lora_settings(peft_conf, ckpt), what)
+        model = _into(what, merge_peft_state, model, {**non_lora, **lora}, **_lora_settings(peft_conf, ckpt))
         layout = "adapter + non_lora_state_dict.pth" if non_lora_file.is_file() else "adapter"
     norm = conf.get("inference_config") or {}
     if norm:
