@@ -11,6 +11,12 @@ its whole shard with the training driver's reader. Measured: wall time per pair 
 driver's peak RSS, the peak object-store use (sampled every 0.2 s through Ray's memory-info RPC), and the
 bytes of tensors the workers read: what the previous design held in the object store at once.
 Memory ratios near 1.0 between the sizes mean the plane does not grow with N.
+
+First (and alone with ``--cache-only``) it measures the cache entry sizes at Wan's real shapes: one video's
+latents (16x21x60x104) as float32 and as bf16 (the store of bf16 runs), one prompt's UMT5 embeddings (512x4096)
+zero-padded and at their true token length, for the token lengths of the real prompts in
+../shared/data/eval-prompts (counted with the tiny preset's WordPiece tokenizer: UMT5's own is not on this
+machine; a proxy), and the cache at the paper's 108k videos and 16k prompts.
 """
 
 from __future__ import annotations
@@ -140,15 +146,63 @@ def measure(pipeline: str, n: int, workers: int) -> dict:
             "tensor_mib_read": sum(r[1] for r in results) / 2**20, "rejects": len(encoded.rejects)}
 
 
+PAPER_VIDEOS, PAPER_PROMPTS = 108_000, 16_000
+EVAL_PROMPTS = ROOT.parent / "shared" / "data" / "eval-prompts"
+
+
+def cache_bytes() -> None:
+    """Print bytes per cache entry before/after at Wan's shapes and the cache size at the paper's scale."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from videoalign_ray.data.cache import TensorCache, put_unpadded
+    from videoalign_ray.flow.model import TINY_WORLD_ASSET, text_tokenizer
+
+    tok = text_tokenizer(TINY_WORLD_ASSET)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = TensorCache(tmp)
+        latents = torch.randn(16, 21, 60, 104)
+        cache.put("a" * 32, latents)
+        cache.put("b" * 32, latents.bfloat16())
+        v32, v16 = (cache.path(k * 32).stat().st_size for k in "ab")
+        print(f"latents per video (16x21x60x104): float32 {v32 / 1e6:.2f} MB, bf16 {v16 / 1e6:.2f} MB")
+        rows = []
+        for name, column in (("videogen_eval.csv", "prompt"), ("videogen_eval.csv", "prompt_shorter"),
+                             ("vbench.csv", None)):
+            df = pd.read_csv(EVAL_PROMPTS / name)
+            texts = df[column or df.columns[0]].astype(str).tolist()
+            n = np.array([min(len(tok(t).input_ids), 512) for t in texts])
+            emb = torch.zeros(512, 4096)
+            emb[: int(np.median(n))] = torch.randn(int(np.median(n)), 4096)
+            cache.put("c" * 32, emb)
+            put_unpadded(cache, "d" * 32, emb)
+            padded, true = (cache.path(k * 32).stat().st_size for k in "cd")
+            per_prompt = (n * 4096 * 4 + (true - int(np.median(n)) * 4096 * 4)).mean()  # mean over the prompts
+            rows.append((f"{name}:{column or df.columns[0]}", len(texts), float(np.median(n)), padded, per_prompt))
+            print(f"prompt embeddings (512x4096 f32), {rows[-1][0]}: {len(texts)} prompts, median {np.median(n):.0f} "
+                  f"tokens (max {n.max()}): padded {padded / 1e6:.2f} MB, true length {per_prompt / 1e6:.3f} MB mean")
+    long_prompts = rows[0][4]
+    before = PAPER_VIDEOS * v32 + PAPER_PROMPTS * rows[0][3]
+    after = PAPER_VIDEOS * v16 + PAPER_PROMPTS * long_prompts
+    print(f"cache at {PAPER_VIDEOS} videos + {PAPER_PROMPTS} prompts (long prompts): before {before / 1e9:.0f} GB "
+          f"(float32 latents, padded embeddings), after {after / 1e9:.0f} GB (bf16 latents, true-length embeddings); "
+          f"float32 runs keep float32 latents: {(PAPER_VIDEOS * v32 + PAPER_PROMPTS * long_prompts) / 1e9:.0f} GB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="500,4000")
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # "pipeline:n": run one measurement (child process)
+    ap.add_argument("--cache-only", action="store_true", help="only the cache entry sizes")
     args = ap.parse_args()
     if args.one:
         pipeline, n = args.one.split(":")
         print("RESULT " + json.dumps(measure(pipeline, int(n), args.num_workers)), flush=True)
+        return
+    cache_bytes()
+    if args.cache_only:
         return
     if not FETV.is_dir():
         sys.exit(f"{FETV} not found: the benchmark reads the shared FETV videos")

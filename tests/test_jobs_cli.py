@@ -13,8 +13,9 @@ import pytest
 import videoalign_ray.experiments
 import videoalign_ray.pipelines
 from videoalign_ray.cli import main_for
-from videoalign_ray.config import JobConfig, RuntimeSection, resolve_config
+from videoalign_ray.config import JobConfig, resolve_config
 from videoalign_ray.errors import ConfigError, DataError
+from videoalign_ray.sections import RuntimeSection
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "videoalign_ray"
 # package or from one listed before it. A strict order also rules out package-level cycles.
 ORDER = [
     "errors", "config",
+    "sections",     # the config sections several jobs share (output, data, model, sampling, training)
     "runtime",      # Ray / DeepSpeed / MLflow machinery, atomic files, the job skeleton
     "cli",          # entry-point glue: parse flags, logging, exit codes
     "data",         # schema, tables + rejects, decoding, transforms, cache

@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 
+from videoalign_ray.flow.generator import load_policy
 from videoalign_ray.flow.lora_export import DIFFUSERS_LORA_FILE, write_published_lora
 from videoalign_ray.flow.model import (
     PRESETS,
@@ -17,7 +18,6 @@ from videoalign_ray.flow.model import (
     load_vae,
     materialize_tiny_base,
 )
-from videoalign_ray.flow.render import load_policy
 from videoalign_ray.flow.schedule import euler_timesteps
 from videoalign_ray.pipelines.generate import sample_batch
 

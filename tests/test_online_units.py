@@ -147,6 +147,7 @@ def test_a_split_group_guides_only_its_first_half(tmp_path):
 
     from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, component_id
     from videoalign_ray.flow.pipeline import EncodeSpec
+    from videoalign_ray.flow.sampling import SamplingSettings
     from videoalign_ray.online.generation import GenerationActor, GeneratorSpec
 
     if not (TINY_WORLD_ASSET / "transformer").is_dir():
@@ -162,7 +163,7 @@ def test_a_split_group_guides_only_its_first_half(tmp_path):
         return torch.ones_like(x)
 
     def run(split: bool, seeds: list[int], name: str):
-        spec = GeneratorSpec(encode=enc, fps=preset.fps, steps=3, guidance_scale=1.0, weights=(0, 0, 1),
+        spec = GeneratorSpec(encode=enc, fps=preset.fps, sampling=SamplingSettings(steps=3), guidance_scale=1.0, weights=(0, 0, 1),
                              guide_first_half=split)
         actor = GenerationActor(spec, str(tmp_path / name))
         actor.guide = guide  # in the job: the served app's guide(); here a local function
@@ -178,7 +179,7 @@ def test_a_split_group_guides_only_its_first_half(tmp_path):
         calls.clear()
         plain, _ = run(False, [11, 12], "guided")  # guided, whole group: the guide sees both samples
         assert set(calls) == {2}
-        actor_spec = GeneratorSpec(encode=enc, fps=preset.fps, steps=3)  # no guidance at all
+        actor_spec = GeneratorSpec(encode=enc, fps=preset.fps, sampling=SamplingSettings(steps=3))  # no guidance at all
         actor = GenerationActor(actor_spec, str(tmp_path / "none"))
         rec = actor.generate({"round": 1, "prompt_index": 0, "prompt": "a red circle moving left to right",
                               "seeds": [11, 12], "version": 0, "scene": None}, [None])

@@ -16,7 +16,7 @@ def test_shortened_pretraining_exports_a_base(tmp_path):
 
     from videoalign_ray.config import validate_config
     from videoalign_ray.experiments.pretrain_base import PretrainConfig, run_pretrain
-    from videoalign_ray.flow.render import load_policy
+    from videoalign_ray.flow.generator import load_policy
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

@@ -1,6 +1,7 @@
 """Typed, validated job configs: defaults < YAML file (``--config``) < command-line flags.
 
-Each job owns one flat pydantic model (fields shared between jobs live in mixin sections below), so a
+Each job owns one flat pydantic model (fields shared between jobs live in the mixin sections of
+``videoalign_ray.sections``), so a
 key has the same name in YAML (``max_steps``) and on the command line (``--max-steps``). Validation
 errors name the offending key and where its value came from.
 """
@@ -13,10 +14,10 @@ import logging
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.fields import PydanticUndefined
 
 from videoalign_ray.errors import ConfigError
@@ -80,149 +81,6 @@ class JobConfig(BaseModel):
         preset") replaced by the value the job uses, for ``config.yaml`` and the MLflow params. Job configs whose
         defaults come from a preset override it; the base returns ``self``."""
         return self
-
-
-class RuntimeSection(JobConfig):
-    """Where a job writes, how it is seeded and tracked."""
-
-    output_dir: str = Field("outputs/run", description="Folder for checkpoints, caches, rejects and the MLflow store; "
-                            "or a URI (s3://bucket/run): the job works in a local mirror pushed there at the end, "
-                            "cache and checkpoints go to <URI>/cache and <URI>/ray_results directly.")
-    run_name: str | None = Field(None, description="Name of the run: the MLflow run's name and, in training jobs, "
-                                 "the Ray Train run's (its checkpoints folder); default: the output folder's name.")
-    seed: int = Field(0, description="Seed for model init, data order, noise and timesteps.")
-    mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow store; default sqlite:///<output_dir>/mlflow.db (MLFLOW_TRACKING_URI overrides)."
-    )
-    mlflow_experiment: str = Field("videoalign-ray", description="MLflow experiment name.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level of videoalign_ray's loggers (stderr; other libraries log WARNING and up).")
-    resume: bool = Field(False, description="Continue the run in --output-dir even though its config.yaml differs "
-                         "in a setting that changes results (the differences are logged); without it such a rerun "
-                         "stops with the list of changed keys.")
-    overwrite: bool = Field(False, description="Start over in --output-dir: remove the earlier run there (checkpoints, "
-                            "final/, samples, tables) and start a new MLflow run; the latent cache and the MLflow store "
-                            "(with the earlier run) are kept. Checkpoints under a "
-                            "--storage-path elsewhere are not touched: give those a new --run-name.")
-
-    @model_validator(mode="after")
-    def _resume_or_overwrite(self):
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the earlier run or start over")
-        return self
-
-
-def parse_weights(text: str) -> tuple[float, float, float]:
-    """``"1,1,1"`` -> ``(1.0, 1.0, 1.0)``: per-dimension weights (VQ, MQ, TA), non-negative, positive sum.
-
-    Raises:
-        ConfigError: not three such numbers (the message quotes the value).
-    """
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"weights must be three comma-separated numbers (VQ,MQ,TA), got {text!r}") from None
-    if len(values) != 3 or any(not (v >= 0) for v in values) or sum(values) <= 0 or sum(values) == float("inf"):
-        raise ConfigError(f"weights must be three non-negative numbers with a positive sum, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def _check_weights(text: str) -> str:
-    try:
-        parse_weights(text)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    return text
-
-
-Weights = Annotated[str, AfterValidator(_check_weights)]
-"""A config field holding ``"VQ,MQ,TA"`` weights, validated when the config is (see :func:`parse_weights`)."""
-
-
-class DataSection(JobConfig):
-    """Preference data and its validation."""
-
-    data: str | None = Field(
-        None, description="Preference table (CSV/Parquet/JSONL); default: the built-in synthetic dataset."
-    )
-    dimension: Literal["VQ", "MQ", "TA", "overall"] = Field(
-        "overall", description="Which label decides chosen vs rejected (overall = majority of VQ/MQ/TA)."
-    )
-    max_reject_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="Fail when more than this fraction of rows is rejected."
-    )
-    min_decoded_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="Reject a video whose decodable frames are fewer than this fraction of "
-        "the frames its container claims (truncated files)."
-    )
-    video_backend: Literal["auto", "pyav"] = Field(
-        "auto", description="auto: decord where it is safe, PyAV otherwise; pyav: always PyAV."
-    )
-    cache_dir: str | None = Field(
-        None, description="Latent / frame cache: a path or a URI (s3://bucket/prefix through pyarrow; AWS_* "
-        "variables, AWS_ENDPOINT_URL for MinIO); default <output_dir>/cache. Shared storage on clusters.")
-    encoder_actors: int | None = Field(
-        None, ge=1, description="VAE encoder actors (Ray Data actor pool); default one per GPU of the cluster, 1 "
-        "without GPUs. Decode tasks spread over all nodes either way.")
-
-
-class ModelSection(JobConfig):
-    """Which generator to load."""
-
-    preset: Literal["tiny", "tiny-world", "wan2.1-1.3b"] = Field(
-        "tiny-world",
-        description="tiny: random init (CPU); tiny-world: tiny pre-trained on the synthetic world (committed asset, "
-        "see jobs/pretrain_base.py); wan2.1-1.3b: a real Wan2.1-T2V-1.3B folder (--model-path).",
-    )
-    model_path: str | None = Field(None, description="Diffusers-format model folder (required for the real preset).")
-    num_frames: int | None = Field(None, gt=0, description="Frames per video (training clips and samples); default from the preset.")
-    height: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
-    width: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
-
-
-class TrainSection(JobConfig):
-    """Ray Train + DeepSpeed settings shared by the training jobs."""
-
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
-    use_gpu: bool | None = Field(None, description="Default: True when the cluster has GPUs.")
-    cpus_per_worker: int | None = Field(
-        None, ge=1, description="CPUs each Ray Train worker reserves; its torch runs that many threads. Default: "
-        "on CPU the cluster's free CPUs / num_workers, on GPU 1 (the other CPUs stay for data tasks).")
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
-    max_steps: int = Field(30, ge=0, description="Optimizer steps in total (a resumed run continues up to this).")
-    batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (set from --global-batch when given).")
-    global_batch: int | None = Field(
-        None, ge=1, description="Pairs per optimizer step over all workers: grad_accum = global_batch / (batch_size "
-        "x num_workers), which must divide; the same value on any GPU count.")
-    gradient_checkpointing: bool | None = Field(
-        None, description="Recompute each transformer block in the backward pass (diffusers / transformers "
-        "checkpointing): ~10x less activation memory for ~30% more compute. Default: on for real models, off for tiny.")
-    lr: float | None = Field(None, gt=0, description="Learning rate; default from the preset (paper: 5e-6).")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="After warm-up: constant lr, or cosine decay to min_lr_ratio * lr at max_steps.")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr / lr of the cosine schedule.")
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 disables.")
-    finetune: Literal["lora", "full"] = Field("lora", description="LoRA (reference = adapters off) or full.")
-    lora_rank: int | None = Field(None, gt=0, description="Default from the preset (paper: 64).")
-    lora_alpha: float | None = Field(None, gt=0, description="Default 2 * rank (paper: 128).")
-    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints (each blocks on ray.train.report).")
-    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept.")
-    log_every: int = Field(1, ge=1, description="Steps between metric logs.")
-    max_failures: int = Field(3, ge=-1, description="Worker-group restarts allowed (FailureConfig).")
-    storage_path: str | None = Field(
-        None, description="Where Ray Train writes checkpoints and its run snapshot, under <storage_path>/<run "
-        "name>: a path every node sees or a URI (s3://bucket/prefix, gs://...; credentials from the usual "
-        "variables). Default <output_dir>/ray_results. A rerun with the same value and run name resumes.")
-    fit_timeout_s: float = Field(
-        172800.0, gt=0, description="Seconds the Ray Train run may take in all (worker start, restarts, every "
-        "step) before the job fails naming it; a rerun resumes from the last checkpoint.")
-    fail_at_step: int | None = Field(
-        None, description="Fault injection for tests: rank 1 (or 0 with one worker) SIGKILLs itself once at this step.",
-        json_schema_extra={"test_hook": True})
 
 
 def _field_type(annotation: Any) -> tuple[Any, bool]:

@@ -26,22 +26,29 @@ from videoalign_ray.data.transforms import FRAMES_VERSION
 from videoalign_ray.runtime.fileio import atomic_path, is_uri
 
 
-def video_key(path: str, num_frames: int, height: int, width: int, vae_id: str) -> str:
-    """Cache key of a video's latents; changes when the file, the sampling, the size, the decoding or resizing
-    (``transforms.FRAMES_VERSION``) or the VAE changes."""
+def video_key(path: str, num_frames: int, height: int, width: int, vae_id: str, clip_rule: str = "") -> str:
+    """Cache key of a video's latents; changes when the file, the sampling (``clip_rule``: the generator's
+    window rule, ``data.sampling.ClipRule.key``), the size, the decoding or resizing (``transforms.FRAMES_VERSION``)
+    or the VAE changes."""
     st = os.stat(path)
     raw = (f"video\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{num_frames}\0{height}x{width}\0{vae_id}"
-           f"\0v{FRAMES_VERSION}")
+           f"\0v{FRAMES_VERSION}" + (f"\0{clip_rule}" if clip_rule else ""))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+PROMPT_RULE = "wan-prompt-clean"
+"""How prompts are prepared before tokenizing (``flow.sampling.prompt_clean``); in every prompt key, so entries
+written before prompts were cleaned are not mixed with new ones."""
 
 
 def prompt_key(prompt: str, encoder_id: str, max_tokens: int) -> str:
     """Cache key of a prompt's token embeddings."""
-    return hashlib.sha256(f"prompt\0{prompt}\0{encoder_id}\0{max_tokens}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"prompt\0{prompt}\0{encoder_id}\0{max_tokens}\0{PROMPT_RULE}".encode()).hexdigest()[:32]
 
 
 class TensorCache:
-    """A folder of ``<key[:2]>/<key>.safetensors`` files, each holding one tensor named ``value``.
+    """A folder of ``<key[:2]>/<key>.safetensors`` files, each holding one tensor named ``value`` (and, for a
+    tensor stored without its zero padding, its padded length ``pad_to``: :meth:`put` / :meth:`get`).
 
     ``root`` is a local path (entries written atomically: temp file + rename) or a URI that pyarrow opens
     (``s3://bucket/prefix``; credentials, region and endpoint from the usual ``AWS_*`` variables, e.g.
@@ -71,25 +78,52 @@ class TensorCache:
         return self.path(key).is_file()
 
     def get(self, key: str) -> torch.Tensor | None:
-        """The tensor of ``key``, or None when the cache has no entry for it."""
+        """The tensor of ``key``, or None when the cache has no entry for it. An entry stored in bfloat16 comes
+        back in float32 (NumPy, which the loaders hand on, has no bfloat16); one stored with ``pad_to`` comes back
+        zero-padded along dim 0 to that length (prompt embeddings: as WanPipeline pads them)."""
         if self._fs is not None:
             try:
                 with self._fs.open_input_stream(self.path(key)) as f:
                     data = f.read()
             except FileNotFoundError:
                 return None
-            return load(data)["value"]
-        p = self.path(key)
-        return load_file(p)["value"] if p.is_file() else None
+            entry = load(data)
+        else:
+            p = self.path(key)
+            if not p.is_file():
+                return None
+            entry = load_file(p)
+        value = entry["value"]
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        if "pad_to" in entry and value.shape[0] < int(entry["pad_to"]):
+            pad = value.new_zeros((int(entry["pad_to"]) - value.shape[0], *value.shape[1:]))
+            value = torch.cat([value, pad])
+        return value
 
-    def put(self, key: str, value: torch.Tensor) -> None:
+    def put(self, key: str, value: torch.Tensor, *, pad_to: int | None = None) -> None:
+        """Store ``value`` under ``key`` (as given: dtype and shape); with ``pad_to``, :meth:`get` pads it with
+        zeros along dim 0 to that length (store a zero-padded tensor with :func:`put_unpadded`)."""
+        tensors = {"value": value.contiguous()}
+        if pad_to is not None:
+            tensors["pad_to"] = torch.tensor(pad_to, dtype=torch.int64)
         if self._fs is not None:
-            data = save({"value": value.contiguous()})
+            data = save(tensors)
             with self._fs.open_output_stream(self.path(key)) as f:  # visible once the upload completes
                 f.write(data)
             return
         with atomic_path(self.path(key), fsync=False) as tmp:
-            save_file({"value": value.contiguous()}, str(tmp))
+            save_file(tensors, str(tmp))
+
+
+def put_unpadded(cache: TensorCache, key: str, embeds: torch.Tensor) -> None:
+    """Store zero-padded prompt embeddings ``(L, D)`` at their true token length: the rows up to the last
+    non-zero one (the text encoder zeroes every row past a prompt's tokens, as WanPipeline does), with
+    ``pad_to = L`` so :meth:`TensorCache.get` gives back the same ``(L, D)`` tensor. A 512x4096 float32 Wan
+    prompt embedding of n tokens takes n/512 of its padded 8.4 MB."""
+    nonzero = embeds.reshape(embeds.shape[0], -1).abs().amax(dim=1) > 0
+    length = int(nonzero.nonzero().max()) + 1 if bool(nonzero.any()) else 0
+    cache.put(key, embeds[:length].clone(), pad_to=embeds.shape[0])
 
 
 KEY_SUFFIX = "_key"

@@ -37,7 +37,7 @@ from videoalign_ray.data.probe import (  # noqa: F401 - re-exported: callers imp
     open_untrusted,
     probe,
 )
-from videoalign_ray.data.sampling import sample_indices
+from videoalign_ray.data.sampling import ClipRule, clip_indices, sample_indices
 
 try:  # decord ships x86-64 wheels only
     import decord
@@ -204,6 +204,10 @@ class DecodedVideo:
     indices: np.ndarray
     info: VideoInfo
     backend: str
+    trimmed: bool = False
+    """A generator clip (``clip_rule``) shorter than the window, cut to a shorter valid length."""
+    resampled: bool = False
+    """A generator clip whose source frame rate differs from the model's."""
 
     @property
     def frames(self) -> np.ndarray:
@@ -231,6 +235,7 @@ def load_video(
     limits: DecodeLimits | None = None,
     transform: Callable[[np.ndarray, VideoInfo], np.ndarray] | None = None,
     frame_rule: str = "project",
+    clip_rule: ClipRule | None = None,
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video (see :func:`sample_indices`).
 
@@ -245,6 +250,8 @@ def load_video(
             (decord where it is safe, with no fallback: for benchmarks).
         limits: checked before decoding (default :class:`DecodeLimits`).
         frame_rule: ``project`` or ``videoalign`` (:func:`~videoalign_ray.data.sampling.sample_indices`).
+        clip_rule: instead of the two above, a video generator's window at its frame rate
+            (:func:`~videoalign_ray.data.sampling.clip_indices`; the result says ``trimmed`` / ``resampled``).
         transform: ``transform(frames, info)`` maps uint8 ``(t, H, W, 3)`` display-oriented frames to uint8
             ``(t, h, w, 3)`` frame by frame (e.g. a resize); ``distinct`` holds its output. On the decord
             path it runs on chunks while the next chunk decodes; its errors propagate as raised.
@@ -252,14 +259,20 @@ def load_video(
     Raises:
         VideoDecodeError: unreadable, a refused container, empty, or truncated beyond ``min_decoded_fraction``.
         VideoLimitError: over ``limits`` (a subclass of VideoDecodeError).
+        ShortClipError: a clip too short for ``clip_rule`` (a ValueError; the message says how short).
     """
     limits = limits or DecodeLimits()
     if backend not in ("auto", "pyav", "decord"):
         raise ValueError(f"unknown backend {backend!r}")
 
+    clip = {"trimmed": False, "resampled": False}
+
     def plan(info: VideoInfo, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames, max_frames=max_frames,
-                                 rule=frame_rule)
+        if clip_rule is not None:
+            indices, clip["trimmed"], clip["resampled"] = clip_indices(total, info.fps, clip_rule)
+        else:
+            indices = sample_indices(total, info.fps, target_fps=target_fps, num_frames=num_frames,
+                                     max_frames=max_frames, rule=frame_rule)
         distinct, inverse = np.unique(indices, return_inverse=True)
         check_limits(info, total, indices, distinct, limits)
         return indices, distinct, inverse
@@ -317,7 +330,8 @@ def load_video(
                 if len(frames) < len(distinct):
                     raise VideoDecodeError(f"{info.path}: decoded {len(frames)} frames on a second pass, {decoded} on the first")
             frames = finish(frames)
-        return DecodedVideo(distinct=frames, inverse=inverse.reshape(-1), indices=indices, info=info, backend=used)
+        return DecodedVideo(distinct=frames, inverse=inverse.reshape(-1), indices=indices, info=info, backend=used,
+                            **clip)
     finally:
         if job is not None:
             job.cancel()  # a decode the probe ruled out (rotation, pixel format) or an error: drop it

@@ -13,9 +13,9 @@ import logging
 
 from pydantic import Field
 
-from videoalign_ray.config import RuntimeSection
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import RuntimeSection
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class AlignProofConfig(RuntimeSection):
 
 
 def run_align_proof(cfg: AlignProofConfig) -> dict:
-    with job_run(cfg, track=False) as job:
+    with job_run(cfg, track=False, start_ray=True) as job:
         return _run(cfg, job)
 
 
@@ -53,11 +53,11 @@ def _run(cfg: AlignProofConfig, job) -> dict:
     from videoalign_ray.flow.model import PRESETS, component_id, resolve_model_dir
     from videoalign_ray.flow.pipeline import EncodeSpec, encode_pairs
     from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
+    from videoalign_ray.runtime.placement import run_model_task, use_gpu_default
     from videoalign_ray.synthetic.evaluate import (
         Generator,
-        compare_generators,
+        compare_generators_remote,
         format_table,
-        implicit_dpo_accuracy,
     )
     from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
@@ -88,11 +88,12 @@ def _run(cfg: AlignProofConfig, job) -> dict:
                           vae_id=component_id(model_dir, "vae"), text_encoder_id="all-MiniLM-L6-v2")
         rows = encode_pairs(held_pairs, spec).dataset.take_all()
         stack = {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in ("chosen", "rejected", "prompt_embeds")}
-        policy = Generator(str(model_dir), summary["checkpoint"]).load()
-        acc = implicit_dpo_accuracy(policy, stack["chosen"], stack["rejected"], stack["prompt_embeds"],
-                                    seed=cfg.seed)
-        comparison = compare_generators(
+        acc, _ = run_model_task(_heldout_implicit_accuracy, Generator(str(model_dir), summary["checkpoint"]), stack,
+                                cfg.seed, use_gpu=use_gpu_default(None), what="held-out implicit accuracy",
+                                timeout_s=7200.0)
+        comparison = compare_generators_remote(
             Generator(str(model_dir), summary["checkpoint"]), Generator(str(model_dir)), held,
+            use_gpu=use_gpu_default(None),
             samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed + 7, num_frames=preset.num_frames,
             height=preset.height, width=preset.width, max_text_tokens=preset.max_text_tokens,
             steps=cfg.sample_steps, grid_path=run_dir / "heldout_grid.png",
@@ -120,3 +121,15 @@ def proof_table(results: dict) -> str:
                  for d in ("VQ", "MQ", "TA")]
         lines.append(f"| {dim} pairs | " + " | ".join(cells) + f" | {r['heldout_implicit_acc']:.2f} |")
     return "\n".join(lines)
+
+
+def _heldout_implicit_accuracy(policy, stack: dict, seed: int) -> float:
+    """:func:`~videoalign_ray.synthetic.evaluate.implicit_dpo_accuracy` of ``policy`` (a ``Generator``), in float32
+    on this task's device."""
+    from videoalign_ray.runtime.placement import worker_device
+    from videoalign_ray.synthetic.evaluate import implicit_dpo_accuracy
+
+    device = worker_device()
+    model = policy.load().to(device)
+    return implicit_dpo_accuracy(model, *(stack[k].to(device) for k in ("chosen", "rejected", "prompt_embeds")),
+                                 seed=seed)

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from videoalign_ray.config import RuntimeSection
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import RuntimeSection
 
 
 class CompareObjectivesConfig(RuntimeSection):
@@ -38,7 +38,7 @@ class CompareObjectivesConfig(RuntimeSection):
 
 
 def run_compare_objectives(cfg: CompareObjectivesConfig) -> dict:
-    with job_run(cfg, track=False) as job:
+    with job_run(cfg, track=False, start_ray=True) as job:
         return _run(cfg, job)
 
 
@@ -48,7 +48,8 @@ def _run(cfg: CompareObjectivesConfig, job) -> dict:
     from videoalign_ray.config import validate_config
     from videoalign_ray.flow.model import PRESETS, resolve_model_dir
     from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig, run_flow_job
-    from videoalign_ray.synthetic.evaluate import Generator, compare_generators
+    from videoalign_ray.runtime.placement import use_gpu_default
+    from videoalign_ray.synthetic.evaluate import Generator, compare_generators_remote
     from videoalign_ray.synthetic.world import make_preference_dataset, split_scenes
 
     out = job.out
@@ -68,8 +69,9 @@ def _run(cfg: CompareObjectivesConfig, job) -> dict:
             beta=cfg.beta, lora_rank=cfg.lora_rank, seed=cfg.seed, checkpoint_every=cfg.max_steps, num_samples=0,
             cache_dir=str(out / "cache"), mlflow_tracking_uri=cfg.mlflow_tracking_uri,
         )))
-        comparison = compare_generators(
+        comparison = compare_generators_remote(
             Generator(str(model_dir), summary["checkpoint"]), Generator(str(model_dir)), held,
+            use_gpu=use_gpu_default(None),
             samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed + 7, num_frames=preset.num_frames,
             height=preset.height, width=preset.width, max_text_tokens=preset.max_text_tokens,
             steps=cfg.sample_steps, grid_path=run_dir / "heldout_grid.png",

@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from videoalign_ray.config import RuntimeSection
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import RuntimeSection
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,23 @@ class EvaluateConfig(RuntimeSection):
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Sample, score, print and log the comparison; returns a summary with the table."""
-    with job_run(cfg, track=True) as job:
+    with job_run(cfg, track=True, start_ray=True) as job:
         return _run(cfg, job)
 
 
 def _run(cfg: EvaluateConfig, job) -> dict:
     from videoalign_ray.flow.model import PRESETS, resolve_model_dir
-    from videoalign_ray.synthetic.evaluate import Generator, compare_generators, format_table
+    from videoalign_ray.runtime.placement import use_gpu_default
+    from videoalign_ray.synthetic.evaluate import Generator, compare_generators_remote, format_table
     from videoalign_ray.synthetic.world import all_scenes, split_scenes
 
     out = job.out
     model_dir = str(resolve_model_dir("tiny-world", cfg.model_path, out))
     train, held = split_scenes(seed=cfg.split_seed)
     scenes = {"heldout": held, "train": train, "all": all_scenes()}[cfg.prompts]
-    result = compare_generators(
+    result = compare_generators_remote(
         Generator(model_dir, cfg.policy_weights), Generator(model_dir, cfg.reference_weights), scenes,
+        use_gpu=use_gpu_default(None),
         samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed, num_frames=cfg.num_frames, height=cfg.height,
         width=cfg.width, max_text_tokens=PRESETS["tiny-world"].max_text_tokens, steps=cfg.sample_steps,
         grid_path=out / "grid.png",

@@ -13,9 +13,9 @@ import logging
 
 from pydantic import Field
 
-from videoalign_ray.config import RuntimeSection
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import RuntimeSection
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ class PretrainConfig(FlowDPOConfig):
 
 def export_base(model_dir: Path, weights_dir: Path, export_dir: Path, info: dict) -> Path:
     """Write ``transformer/`` (trained weights, safetensors) + ``vae/`` + ``model_index.json`` atomically."""
+    from videoalign_ray.flow.generator import load_policy
     from videoalign_ray.flow.model import load_vae
-    from videoalign_ray.flow.render import load_policy
 
     export_dir = Path(export_dir)
     with atomic_dir(export_dir) as tmp:

@@ -55,8 +55,10 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=8),
-    "tiny-world": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=8),
+    # The tiny presets take 8 frames at 4 fps: the 2 s of the synthetic world's clips (16 frames at 8 fps), the span
+    # the tiny-world base was pre-trained on (then as 8 of the 16 frames spread over the clip).
+    "tiny": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=4),
+    "tiny-world": Preset(num_frames=8, height=32, width=32, max_text_tokens=16, lr=1e-3, lora_rank=8, fps=4),
     # Wan2.1 defaults: 81 frames at 16 fps, 480x832, UMT5 with 512 tokens; paper: lr 5e-6, LoRA r=64.
     "wan2.1-1.3b": Preset(num_frames=81, height=480, width=832, max_text_tokens=512, lr=5e-6, lora_rank=64, fps=16),
 }
@@ -129,6 +131,18 @@ def load_transformer(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     return WanTransformer3DModel.from_pretrained(Path(model_dir) / "transformer", torch_dtype=dtype)
 
 
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast ``model``'s floating parameters to ``dtype`` and leave its buffers as loaded (float32: Wan's RoPE
+    frequencies), as DeepSpeed's bf16 engine treats the policy it trains (``_cast_module_mixed_precision`` with
+    no ``buffer_dtype``: every parameter, the modules diffusers keeps in float32 included, in bf16; buffers
+    untouched). A frozen reference cast this way computes exactly what the policy computes at step 0. In place;
+    returns ``model``."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
+    return model
+
+
 def load_vae(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     """Load ``AutoencoderKLWan`` (or the tiny preset's pixel-space VAE) from ``model_dir/vae``, eval mode."""
     from videoalign_ray.flow.pixel_vae import PixelSpaceVAE, is_pixel_vae
@@ -139,6 +153,13 @@ def load_vae(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype).eval()
+
+
+def vae_temporal_factor(model_dir: str | Path) -> int:
+    """Frames per latent frame of the model folder's VAE (``scale_factor_temporal``: Wan 4, the tiny pixel VAE 1),
+    read from ``vae/config.json``; valid clip lengths are ``factor * k + 1``."""
+    config = json.loads((Path(model_dir) / "vae" / "config.json").read_text())
+    return int(config.get("scale_factor_temporal", 1))
 
 
 def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -204,8 +225,12 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Token embeddings ``(B, L, D)`` float32 on CPU of the prompts cleaned as WanPipeline cleans them
+        (``flow.sampling.prompt_clean``), zero beyond each prompt's tokens."""
+        from videoalign_ray.flow.sampling import prompt_clean
+
         tok = self.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            [prompt_clean(p) for p in prompts], padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
         hidden = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
         return (hidden * tok.attention_mask[..., None]).float().cpu()

@@ -1,72 +1,57 @@
-"""Load a trained policy (base + LoRA adapter or full weights) and render reference vs policy samples."""
+"""Reference-vs-policy samples of a trained flow job (the mp4s at the end of Flow-DPO / RWR / SFT runs).
+
+:func:`render_comparison` loads the models on the device of the process that calls it and is meant to be
+called in a Ray task (``runtime.placement.run_model_task``): it returns the files' bytes, so the driver only
+writes them (no model on the driver, no shared file system needed between the task and the driver).
+"""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
-from videoalign_ray.errors import ModelPathError
-from videoalign_ray.flow.model import TextEncoder, add_lora, decode_latents, load_transformer, load_vae
-from videoalign_ray.flow.sampling import latent_shape, sample_latents
-
-
-def load_policy(model_dir: str | Path, weights_dir: str | Path):
-    """The base transformer with the trained weights of ``weights_dir`` (``adapter/`` or ``model/``).
-
-    Weights load through safetensors only. Raises FileNotFoundError when neither folder exists.
-    """
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from videoalign_ray.flow.lora_export import read_adapter_state
-
-    weights_dir = Path(weights_dir)
-    transformer = load_transformer(model_dir)
-    if (weights_dir / "adapter").is_dir():
-        state, rank, alpha = read_adapter_state(weights_dir / "adapter")
-        add_lora(transformer, rank, alpha, seed=0)
-        result = set_peft_model_state_dict(transformer, state)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"adapter has keys the model lacks: {result.unexpected_keys[:5]}")
-    elif (weights_dir / "model").is_dir():
-        transformer.load_state_dict(load_file(weights_dir / "model" / "model.safetensors"))
-    else:
-        raise ModelPathError(f"{weights_dir}: neither adapter/ nor model/")
-    return transformer.eval()
+from videoalign_ray.flow.generator import load_generator
+from videoalign_ray.flow.model import decode_latents, load_transformer
+from videoalign_ray.flow.sampling import SamplingSettings, latent_shape, sample_latents
 
 
 def render_comparison(
-    model_dir: str | Path, weights_dir: str | Path, prompts: list[str], out_dir: str | Path, *, num_frames: int,
-    height: int, width: int, max_text_tokens: int, steps: int = 20, guidance: float = 1.0, shift: float = 1.0,
-    seed: int = 0, fps: int = 8,
-) -> list[Path]:
-    """Sample each prompt from the reference (base) and the policy with the same noise; write mp4 pairs.
+    model_dir: str | Path, weights_dir: str | Path, prompts: list[str], *, num_frames: int,
+    height: int, width: int, max_text_tokens: int, sampling: SamplingSettings = SamplingSettings(), seed: int = 0,
+    fps: int = 8,
+) -> dict[str, bytes]:
+    """Sample each prompt from the reference (base) and the policy with the same noise (seeded on CPU, so the
+    same on any device) and the same ``sampling`` settings (sampler, steps, shift, CFG and negative prompt).
 
-    Returns the written paths (``<i>_reference.mp4``, ``<i>_policy.mp4``).
+    Returns ``{file name: bytes}``: ``<i>_reference.mp4``, ``<i>_policy.mp4`` (H.264 at ``fps``) and
+    ``<i>_prompt.txt`` per prompt ``i``.
     """
-    from videoalign_ray.data.video import write_mp4
+    from videoalign_ray.data.encode import write_mp4
 
-    out_dir = Path(out_dir)
-    policy = load_policy(model_dir, weights_dir)
-    vae = load_vae(model_dir)
-    text = TextEncoder(model_dir, max_text_tokens)
-    embeds = text.encode(prompts)
-    negative = text.encode([""] * len(prompts)) if guidance > 1 else None
-    shape = latent_shape(vae.config, num_frames, height, width)
+    gen = load_generator(model_dir, weights_dir, max_text_tokens=max_text_tokens)
+    policy = gen.transformer
+    embeds = gen.text.encode(prompts)
+    negative = sampling.negative_embeds(gen.text, len(prompts))
+    shape = latent_shape(gen.vae.config, num_frames, height, width)
     noise = torch.randn((len(prompts), *shape), generator=torch.Generator().manual_seed(seed))
-    paths = []
-    kwargs = dict(num_steps=steps, shift=shift, guidance_scale=guidance, negative_embeds=negative)
+    kwargs = dict(**sampling.kwargs(model_dir), negative_embeds=negative)
     has_adapter = (Path(weights_dir) / "adapter").is_dir()
-    reference = policy if has_adapter else load_transformer(model_dir).eval()
-    if has_adapter:
+    if has_adapter:  # the reference is the same network with the adapters off
         policy.disable_adapters()
-    ref_frames = decode_latents(vae, sample_latents(reference, embeds, noise, **kwargs))
-    if has_adapter:
+        ref_frames = decode_latents(gen.vae, sample_latents(policy, embeds, noise, **kwargs))
         policy.enable_adapters()
-    pol_frames = decode_latents(vae, sample_latents(policy, embeds, noise, **kwargs))
-    for i, prompt in enumerate(prompts):
-        for name, frames in (("reference", ref_frames[i]), ("policy", pol_frames[i])):
-            paths.append(write_mp4(out_dir / f"{i:02d}_{name}.mp4", frames, fps=fps))
-        (out_dir / f"{i:02d}_prompt.txt").write_text(prompt + "\n")
-    return paths
+    else:
+        reference = load_transformer(model_dir, dtype=gen.dtype).eval().to(gen.device)
+        ref_frames = decode_latents(gen.vae, sample_latents(reference, embeds, noise, **kwargs))
+        del reference
+    pol_frames = decode_latents(gen.vae, sample_latents(policy, embeds, noise, **kwargs))
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, prompt in enumerate(prompts):
+            for name, frames in (("reference", ref_frames[i]), ("policy", pol_frames[i])):
+                path = write_mp4(Path(tmp) / f"{i:02d}_{name}.mp4", frames, fps=fps)
+                files[path.name] = path.read_bytes()
+            files[f"{i:02d}_prompt.txt"] = (prompt + "\n").encode()
+    return files

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from videoalign_ray.flow.clips import common_frames
 from videoalign_ray.flow.losses import flow_dpo_loss, flow_rwr_loss, per_sample_mse
 from videoalign_ray.flow.schedule import add_noise, sample_t, to_model_timestep, velocity_target
 from videoalign_ray.runtime.driver import LoopCommon
@@ -49,7 +50,9 @@ class LoopConfig(LoopCommon):
     val_prompts: tuple[str, ...] = ()  # prompts sampled (reference vs policy) at each sample evaluation
     val_sample_every: int = 0  # steps between validation samples (0: none)
     sample_steps: int = 20
-    sample_shift: float = 1.0
+    sample_shift: float | None = None
+    sampler: str = "auto"
+    negative_prompt: str = ""
     cfg_scale: float = 1.0
     max_text_tokens: int = 16
     fps: int = 8
@@ -99,6 +102,7 @@ def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Gen
     (then a second ``t`` and ``eps`` for the rejected videos in ``pretrain`` / ``rwr``).
     """
     module = getattr(engine, "module", engine)
+    batch = common_frames(batch)  # clips trimmed to different lengths: the micro-batch's shortest
     x_w = batch["chosen"].to(device=device, dtype=torch.float32)
     x_l = batch["rejected"].to(device=device, dtype=torch.float32)
     text = batch["prompt_embeds"].to(device=device, dtype=dtype)
@@ -167,16 +171,18 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from videoalign_ray.data.cache import cache_loader
+    from videoalign_ray.flow.model import cast_parameters
     from videoalign_ray.runtime.driver import run_steps
+    from videoalign_ray.runtime.placement import worker_device
     from videoalign_ray.runtime.strategy import init_engine
 
     cfg = LoopConfig(**config)
     world = ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
+    device = worker_device()  # not Ray's get_device(): logical GPUs have no CUDA
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     policy, reference = _build_model(cfg)
-    if reference is not None:
-        reference.to(device=device, dtype=dtype)
+    if reference is not None:  # the precision layout the policy's engine gets: parameters bf16, buffers float32
+        cast_parameters(reference, dtype).to(device)
     engine = init_engine(policy, cfg.deepspeed_config(world))
 
     def loss_fn(batch, gen):
@@ -251,10 +257,15 @@ class _ValidationSamples:
         if self._loaded is None:
             text = TextEncoder(self.cfg.model_dir, self.cfg.max_text_tokens, device=str(self.device))
             prompts = list(self.cfg.val_prompts)
-            negative = text.encode([""] * len(prompts)) if self.cfg.cfg_scale > 1 else None
+            negative = self._sampling().negative_embeds(text, len(prompts))
             self._loaded = (text.encode(prompts), negative, load_vae(self.cfg.model_dir).to(self.device))
             del text
         return self._loaded
+
+    def _sampling(self):
+        from videoalign_ray.flow.sampling import SamplingSettings
+
+        return SamplingSettings.of(self.cfg)
 
     def render(self, step: int, module, reference) -> None:
         import tempfile
@@ -262,18 +273,18 @@ class _ValidationSamples:
 
         from videoalign_ray.data.contact_sheet import contact_sheet
         from videoalign_ray.data.encode import write_mp4
-        from videoalign_ray.flow.model import load_transformer
+        from videoalign_ray.flow.model import cast_parameters, load_transformer
         from videoalign_ray.flow.validation import sample_pairs
         from videoalign_ray.runtime.tracking import Tracker
 
         embeds, negative, vae = self._load()
         if reference is None and self.cfg.finetune != "lora":  # full SFT / RWR: the base, loaded once
             if getattr(self, "_base", None) is None:
-                self._base = load_transformer(self.cfg.model_dir).eval().to(self.device, next(module.parameters()).dtype)
+                dtype = getattr(module, "dtype", torch.float32)  # the policy's compute dtype (DeepSpeed: all params)
+                self._base = cast_parameters(load_transformer(self.cfg.model_dir).eval(), dtype).to(self.device)
             reference = self._base
         ref, pol = sample_pairs(module, reference, vae, embeds, self.latent_shape, seed=self.cfg.seed,
-                                num_steps=self.cfg.sample_steps, shift=self.cfg.sample_shift,
-                                cfg_scale=self.cfg.cfg_scale, negative_embeds=negative)
+                                negative_embeds=negative, **self._sampling().kwargs(self.cfg.model_dir))
         if not self.write:
             return
         tracker = Tracker.attach(self.cfg.mlflow_tracking_uri, self.cfg.mlflow_run_id)

@@ -62,8 +62,8 @@ def adapters_disabled(model):
 
 @torch.no_grad()
 def sample_pairs(policy, reference, vae, prompt_embeds: torch.Tensor, latent_shape: tuple[int, ...], *, seed: int,
-                 num_steps: int, shift: float, cfg_scale: float = 1.0,
-                 negative_embeds: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 num_steps: int, shift: float = 1.0, guidance_scale: float = 1.0,
+                 negative_embeds: torch.Tensor | None = None, scheduler=None) -> tuple[np.ndarray, np.ndarray]:
     """Reference and policy videos from the same noise: uint8 ``(B, T, H, W, 3)`` each.
 
     ``reference`` None: ``policy`` is a LoRA network and its adapters-off self is the reference.
@@ -73,7 +73,8 @@ def sample_pairs(policy, reference, vae, prompt_embeds: torch.Tensor, latent_sha
     from videoalign_ray.flow.sampling import sample_latents
 
     noise = torch.randn((prompt_embeds.shape[0], *latent_shape), generator=torch.Generator().manual_seed(seed))
-    kwargs = dict(num_steps=num_steps, shift=shift, guidance_scale=cfg_scale, negative_embeds=negative_embeds)
+    kwargs = dict(num_steps=num_steps, shift=shift, guidance_scale=guidance_scale, negative_embeds=negative_embeds,
+                  scheduler=scheduler)
     was_training = policy.training
     policy.eval()
     try:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from videoalign_ray.flow.sampling import SamplingSettings
+
 if TYPE_CHECKING:
     from videoalign_ray.flow.pipeline import EncodeSpec
 
@@ -26,15 +28,15 @@ class GeneratorSpec:
 
     ``encode``: the model folder, latent cache, clip size (frames, pixels) and text length, shared with the
     Flow-DPO job's :class:`~videoalign_ray.flow.pipeline.EncodeSpec` so generated latents land under the keys
-    that job looks up. ``fps``: frames per second of the written mp4s. ``guide_first_half``: only the first
+    that job looks up. ``fps``: frames per second of the written mp4s. ``sampling``: sampler, steps, shift, CFG and
+    negative prompt (the group's guided half samples with Euler: Flow-NRG's rule). ``guide_first_half``: only the first
     half of each group is sampled with guidance (the pair rule ``guided-vs-unguided``; the driver gives the
     second half the same seeds).
     """
 
     encode: EncodeSpec
     fps: int
-    steps: int = 20
-    shift: float = 1.0
+    sampling: SamplingSettings = SamplingSettings(steps=20)
     guidance_scale: float = 0.0
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     reward_endpoint: str | None = None
@@ -76,14 +78,12 @@ class GenerationActor:
         import torch
 
         from videoalign_ray.data.cache import TensorCache
-        from videoalign_ray.flow.model import TextEncoder, load_transformer, load_vae
+        from videoalign_ray.flow.generator import load_generator
 
         enc = spec.encode
-        device = "cuda" if enc.use_gpu else "cpu"
-        self.spec, self.samples_dir, self.device = spec, Path(samples_dir), device
-        self.transformer = load_transformer(enc.model_dir).eval().to(device)
-        self.vae = load_vae(enc.model_dir).to(device)
-        self.text = TextEncoder(enc.model_dir, enc.max_text_tokens, device)
+        models = load_generator(enc.model_dir, max_text_tokens=enc.max_text_tokens)  # this actor's device, bf16 on CUDA
+        self.spec, self.samples_dir, self.device = spec, Path(samples_dir), models.device
+        self.transformer, self.vae, self.text = models.transformer, models.vae, models.text
         self.cache = TensorCache(enc.cache_dir)
         self.version, self.lora = 0, None
         self.guide = None
@@ -132,7 +132,7 @@ class GenerationActor:
         import ray
         import torch
 
-        from videoalign_ray.data.cache import prompt_key, video_key
+        from videoalign_ray.data.cache import prompt_key, put_unpadded
         from videoalign_ray.data.encode import write_mp4
         from videoalign_ray.flow.model import decode_latents
         from videoalign_ray.flow.sampling import latent_shape, sample_latents
@@ -151,21 +151,24 @@ class GenerationActor:
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in task["seeds"]])
         embeds = self.text.encode([task["prompt"]] * len(task["seeds"]))
         # the training job's prompt-embedding cache entry too: its run then starts no text-encoder actor
-        self.cache.put(prompt_key(task["prompt"], enc.text_encoder_id, enc.max_text_tokens), embeds[0])
+        put_unpadded(self.cache, prompt_key(task["prompt"], enc.text_encoder_id, enc.max_text_tokens), embeds[0])
         # guided-vs-unguided: the first half with guidance, the second half (the same seeds) without it
         h = len(noise) // 2
         parts = [(slice(0, h), self.guide), (slice(h, None), None)] if spec.guide_first_half else [(slice(None), self.guide)]
+        negative = spec.sampling.negative_embeds(self.text, len(noise))
         latents = torch.cat([
-            sample_latents(self.transformer, embeds[s].to(self.device), noise[s].to(self.device),
-                           num_steps=spec.steps, shift=spec.shift, reward_guide=guide,
-                           reward_weights=tuple(spec.weights), reward_scale=spec.guidance_scale).float().cpu()
+            sample_latents(self.transformer, embeds[s], noise[s], reward_guide=guide,
+                           reward_weights=tuple(spec.weights), reward_scale=spec.guidance_scale,
+                           negative_embeds=negative[s] if negative is not None else None,
+                           **spec.sampling.kwargs(enc.model_dir, reward_guidance=guide is not None
+                                                  and spec.guidance_scale > 0)).float().cpu()
             for s, guide in parts])
         videos = decode_latents(self.vae, latents)
         samples = []
         for k, (seed, video) in enumerate(zip(task["seeds"], videos, strict=True)):
             path = write_mp4(folder / f"p{idx:04d}_s{k:02d}.mp4", video, fps=spec.fps)
-            key = video_key(str(path), enc.num_frames, enc.height, enc.width, enc.vae_id)
-            self.cache.put(key, latents[k])
+            key = enc.video_key(str(path))
+            self.cache.put(key, latents[k].to(getattr(torch, enc.latent_dtype)))
             sample = {"sample": k, "seed": seed, "path": str(path), "latent_key": key}
             if task.get("scene"):
                 from videoalign_ray.synthetic.scorers import score_video
@@ -175,7 +178,7 @@ class GenerationActor:
             samples.append(sample)
         record = {"round": round_, "prompt_index": idx, "prompt": task["prompt"], "seeds": list(task["seeds"]),
                   "policy_version": self.version, "cache_dir": enc.cache_dir, "samples": samples,
-                  "spec": {k: v for k, v in asdict(spec).items() if k in ("steps", "shift", "guidance_scale",
+                  "spec": {k: v for k, v in asdict(spec).items() if k in ("sampling", "guidance_scale",
                                                                          "weights", "guide_first_half")}}
         write_text_atomic(group_record_path(self.samples_dir, round_, idx), json.dumps(record, indent=1))
         return record

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from videoalign_ray.config import RuntimeSection
 from videoalign_ray.errors import DataError, ModelPathError
 from videoalign_ray.runtime.fileio import atomic_path
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import RuntimeSection
 
 log = logging.getLogger(__name__)
 

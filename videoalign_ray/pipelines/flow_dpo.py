@@ -16,23 +16,24 @@ from typing import Literal
 import yaml
 from pydantic import Field, model_validator
 
-from videoalign_ray.config import (
-    DataSection,
-    ModelSection,
-    RuntimeSection,
-    TrainSection,
-    Weights,
-    parse_weights,
-)
 from videoalign_ray.data.ingest import load_pairs_ray
 from videoalign_ray.data.io import LoadResult, check_reject_budget, write_rejects
 from videoalign_ray.runtime.fileio import atomic_dir, resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import (
+    DataSection,
+    ModelSection,
+    RuntimeSection,
+    SamplingSection,
+    TrainSection,
+    Weights,
+    parse_weights,
+)
 
 log = logging.getLogger(__name__)
 
 
-class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
+class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection, SamplingSection):
     """Config of ``jobs/flow_dpo.py`` (every key settable in YAML and as ``--kebab-case`` flag)."""
 
     output_dir: str = Field("outputs/flow_dpo", description="Checkpoints, caches, rejects.csv, MLflow store.")
@@ -72,9 +73,9 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
     val_sample_every: int | None = Field(None, ge=1, description="Steps between validation samples; default: "
                                          "--eval-every.")
     num_samples: int = Field(2, ge=0, description="Prompts sampled from reference and policy at the end (mp4).")
-    sample_steps: int = Field(20, ge=1, description="Euler steps for those samples.")
-    cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale of those samples (1 = off).")
-    sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift (Wan2.1 480p uses 3.0).")
+    sample_timeout_s: float = Field(
+        7200.0, gt=0, description="Seconds the samples' task (one GPU, or CPUs) may take, waiting for a GPU "
+        "included, before the job fails naming it (final/ is already published).")
     gpu_memory_gib: float = Field(
         80.0, gt=0, description="GPU memory per worker; a real-preset step that the memory model "
         "(videoalign_ray/flow/memory.py) puts above 85% of it gets a warning before training starts.")
@@ -189,29 +190,40 @@ def _init_adapter(init_weights: str | None, flag: str = "--init-weights") -> str
     raise ModelPathError(f"{flag} {init_weights}: no adapter/ with adapter_config.json")
 
 
-def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool):
+def encode_spec(cfg, model_dir: Path, out: Path, use_gpu: bool, bf16: bool = False):
     """The Ray Data encoding spec of a generator job (``cfg``: a config with the data and model sections):
-    video size from the flags or the preset, latent cache under ``<out>/cache`` unless ``--cache-dir``."""
-    from videoalign_ray.flow.model import PRESETS, component_id
+    video size from the flags or the preset, frames at the preset's rate (``data.sampling.ClipRule``), latents
+    stored in the training dtype (``bf16``), latent cache under ``<out>/cache`` unless ``--cache-dir``."""
+    from videoalign_ray.data.sampling import ClipRule
+    from videoalign_ray.flow.model import PRESETS, component_id, vae_temporal_factor
     from videoalign_ray.flow.pipeline import EncodeSpec
 
     preset = PRESETS[cfg.preset]
+    num_frames = cfg.num_frames or preset.num_frames
+    rule = ClipRule(fps=preset.fps, num_frames=num_frames, start=cfg.clip_start, short_clips=cfg.short_clips,
+                    temporal_factor=vae_temporal_factor(model_dir), min_frames=cfg.min_clip_frames)
     return EncodeSpec(
         model_dir=str(model_dir), cache_dir=resolve_cache_dir(cfg.cache_dir, out),
-        num_frames=cfg.num_frames or preset.num_frames, height=cfg.height or preset.height,
+        num_frames=num_frames, height=cfg.height or preset.height,
         width=cfg.width or preset.width, max_text_tokens=preset.max_text_tokens,
         vae_id=component_id(model_dir, "vae"),
         text_encoder_id="umt5" if (model_dir / "text_encoder").is_dir() else "all-MiniLM-L6-v2",
         min_decoded_fraction=cfg.min_decoded_fraction, video_backend=cfg.video_backend, use_gpu=use_gpu,
-        encoder_actors=cfg.encoder_actors or default_encoder_actors(use_gpu),
+        encoder_actors=cfg.encoder_actors or default_encoder_actors(use_gpu), clip_rule=rule,
+        latent_dtype="bfloat16" if bf16 else "float32",
     )
 
 
 def default_encoder_actors(use_gpu: bool) -> int:
-    """One VAE encoder actor per GPU of the cluster (every GPU encodes while the others would wait), else 1."""
+    """One VAE encoder actor per GPU of the cluster (every GPU encodes while the others would wait), else 1;
+    at most the cluster's CPUs minus one, since each actor holds a CPU and the decode tasks that feed them need
+    one too (2 GPUs and 2 CPUs with 2 actors: no decode task could start, and the stage waited forever)."""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
+    resources = ray.cluster_resources()
+    if not use_gpu:
+        return 1
+    return max(1, min(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)) - 1))
 
 
 def run_flow_job(cfg: FlowDPOConfig) -> dict:
@@ -257,20 +269,20 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         make_trainer,
         resolve_grad_accum,
         split_for_workers,
-        use_gpu_default,
     )
+    from videoalign_ray.runtime.placement import resolve_bf16, use_gpu_default
 
     out, tracker = job.out, job.tracker
     run_name = cfg.run_name or out.name
     preset = PRESETS[cfg.preset]
     use_gpu = use_gpu_default(cfg.use_gpu)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
+    bf16 = resolve_bf16(cfg.precision, use_gpu)
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
     num_frames, height, width = cfg.num_frames, cfg.height, cfg.width
 
     loaded = _load_data(cfg, out)
     extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
-    spec = encode_spec(cfg, model_dir, out, use_gpu)
+    spec = encode_spec(cfg, model_dir, out, use_gpu, bf16)
     encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
     val, val_prompts = _validation_data(cfg, spec, out, tracker) if cfg.val_data else (None, [])
     rejects = loaded.rejects + (encoded.rejects if encoded else [])
@@ -307,7 +319,8 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         eval_every=(cfg.eval_every or cfg.checkpoint_every) if val else 0, val_pairs=val.count() if val else 0,
         val_prompts=tuple(val_prompts[: cfg.val_samples]),
         val_sample_every=(cfg.val_sample_every or cfg.eval_every or cfg.checkpoint_every) if cfg.val_samples else 0,
-        sample_steps=cfg.sample_steps, sample_shift=cfg.sample_shift, cfg_scale=cfg.cfg_scale,
+        sample_steps=cfg.sample_steps, sample_shift=cfg.sample_shift, cfg_scale=cfg.cfg_scale, sampler=cfg.sampler,
+        negative_prompt=cfg.negative_prompt,
         max_text_tokens=preset.max_text_tokens, fps=preset.fps,
     )
     job.mark("data")
@@ -327,16 +340,20 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     state = json.loads((final / "state.json").read_text())
     tracker.log_artifact(final, "final")
 
-    samples = []
+    samples, samples_worker = [], None
     if cfg.num_samples > 0:
         from videoalign_ray.flow.render import render_comparison
+        from videoalign_ray.flow.sampling import SamplingSettings
+        from videoalign_ray.runtime.fileio import write_files
+        from videoalign_ray.runtime.placement import run_model_task
 
         prompts = sorted({p.prompt for p in loaded.pairs})[: cfg.num_samples]
-        samples = render_comparison(
-            model_dir, final, prompts, out / "samples", num_frames=num_frames, height=height, width=width,
-            max_text_tokens=preset.max_text_tokens, steps=cfg.sample_steps, guidance=cfg.cfg_scale,
-            shift=cfg.sample_shift, seed=cfg.seed, fps=preset.fps,
-        )
+        files, samples_worker = run_model_task(
+            render_comparison, str(model_dir), str(final), prompts, num_frames=num_frames, height=height,
+            width=width, max_text_tokens=preset.max_text_tokens, sampling=SamplingSettings.of(cfg), seed=cfg.seed,
+            fps=preset.fps,
+            use_gpu=use_gpu, what="reference-vs-policy samples", timeout_s=cfg.sample_timeout_s)
+        samples = [p for p in write_files(out / "samples", files) if p.suffix == ".mp4"]
         tracker.log_artifact(out / "samples", "samples")
 
     summary = {
@@ -351,6 +368,7 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
         "checkpoint": str(final),
         "ray_checkpoint": result.checkpoint.path,
         "samples": [str(s) for s in samples],
+        "samples_worker": samples_worker,  # where they were sampled: pid, node, gpu_ids, device
         "resumed_mlflow_run": job.resumed,
         "data_stats": counts,
         # seconds from the job's start: Ray up, data ready (key rows split), first optimizer step

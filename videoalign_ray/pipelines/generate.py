@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from videoalign_ray.config import ModelSection, RuntimeSection, Weights, parse_weights
 from videoalign_ray.errors import DataError
 from videoalign_ray.flow.guidance import DEFAULT_MAX_FACTOR
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import ModelSection, RuntimeSection, SamplingSection, Weights, parse_weights
 
 
-class GenerateConfig(RuntimeSection, ModelSection):
+class GenerateConfig(RuntimeSection, ModelSection, SamplingSection):
     """Config of ``jobs/generate.py``."""
 
     output_dir: str = "outputs/generate"
@@ -34,10 +34,10 @@ class GenerateConfig(RuntimeSection, ModelSection):
                                       "joined by commas guide with their mean reward (an ensemble).")
     reward_endpoint: str | None = Field(None, description="Serve app name whose guide() returns the gradient.")
     reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint to score the videos (optional).")
-    cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale (1 = off); applied before NRG.")
-    sample_steps: int = Field(20, ge=1, description="Euler steps.")
-    sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
     batch_size: int = Field(8, ge=1, description="Videos sampled together.")
+    sample_timeout_s: float = Field(
+        7200.0, gt=0, description="Seconds the sampler actor may take to start (a GPU free, models loaded) and "
+        "then for each batch, before the job fails naming what it waited for.")
 
     def effective(self):
         """Preset defaults resolved (clip size)."""
@@ -78,72 +78,124 @@ def make_guide(cfg: GenerateConfig):
 def sample_batch(transformer, text_encoder, vae, prompts: list[str], seeds: list[int], *, num_frames: int,
                  height: int, width: int, steps: int, shift: float, cfg_scale: float = 1.0, guide=None,
                  weights=(1.0, 1.0, 1.0), guidance_scale: float = 0.0,
-                 max_guidance_factor: float = DEFAULT_MAX_FACTOR) -> np.ndarray:
-    """Sample one video per (prompt, seed): uint8 ``(N, T, H, W, 3)``; NRG when ``guide`` and a scale > 0."""
+                 max_guidance_factor: float = DEFAULT_MAX_FACTOR, scheduler=None,
+                 negative_prompt: str = "") -> np.ndarray:
+    """Sample one video per (prompt, seed): uint8 ``(N, T, H, W, 3)``; NRG when ``guide`` and a scale > 0.
+
+    Noise per seed is drawn on CPU (the same videos on any device); ``scheduler`` None samples with Euler on the
+    ``shift``-ed schedule (``flow.sampling.sample_latents``); CFG with ``negative_prompt`` when ``cfg_scale > 1``.
+    """
     from videoalign_ray.flow.model import decode_latents
-    from videoalign_ray.flow.sampling import latent_shape, sample_latents
+    from videoalign_ray.flow.sampling import latent_shape, negative_prompt_text, sample_latents
 
     shape = latent_shape(vae.config, num_frames, height, width)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     embeds = text_encoder.encode(prompts)
-    negative = text_encoder.encode([""] * len(prompts)) if cfg_scale > 1 else None
+    negative = text_encoder.encode([negative_prompt_text(negative_prompt)] * len(prompts)) if cfg_scale > 1 else None
     latents = sample_latents(transformer, embeds, noise, num_steps=steps, shift=shift, guidance_scale=cfg_scale,
                              negative_embeds=negative, reward_guide=guide, reward_weights=tuple(weights),
-                             reward_scale=guidance_scale, max_guidance_factor=max_guidance_factor)
+                             reward_scale=guidance_scale, max_guidance_factor=max_guidance_factor, scheduler=scheduler)
     return decode_latents(vae, latents)
+
+
+class SamplerActor:
+    """Ray actor (``ray.remote(SamplerActor)``, one GPU where the cluster has them) that holds the generator, VAE,
+    text encoder and the Flow-NRG guide on its device and samples batches: the driver only writes the files."""
+
+    def __init__(self, cfg: GenerateConfig, model_dir: str):
+        from videoalign_ray.flow.generator import load_generator
+        from videoalign_ray.flow.model import PRESETS
+        from videoalign_ray.flow.sampling import SamplingSettings, sampler_name
+        from videoalign_ray.runtime.placement import worker_info
+        from videoalign_ray.synthetic.world import all_scenes
+
+        self.cfg = cfg
+        preset = PRESETS[cfg.preset]
+        self.models = load_generator(model_dir, cfg.policy_weights, max_text_tokens=preset.max_text_tokens)
+        self.guide = make_guide(cfg)
+        self.scenes = {s.prompt: s for s in all_scenes()}
+        self.fps = preset.fps
+        self.size = (cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width)
+        self.scheduler = SamplingSettings.of(cfg).scheduler(model_dir, reward_guidance=cfg.guidance_scale > 0)
+        self.info = {**worker_info(), "sampler": sampler_name(self.scheduler)}
+
+    def where(self) -> dict:
+        """pid, node, gpu_ids and device of this actor."""
+        return self.info
+
+    def videos(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        """uint8 videos ``(N, T, H, W, 3)``, one per (prompt, seed), with the job's sampling settings."""
+        cfg, m = self.cfg, self.models
+        num_frames, height, width = self.size
+        return sample_batch(m.transformer, m.text, m.vae, prompts, seeds, num_frames=num_frames, height=height,
+                              width=width, steps=cfg.sample_steps, shift=cfg.sample_shift or 1.0,
+                              cfg_scale=cfg.cfg_scale, guide=self.guide, weights=parse_weights(cfg.reward_weights),
+                              guidance_scale=cfg.guidance_scale, max_guidance_factor=cfg.max_guidance_factor,
+                              scheduler=self.scheduler, negative_prompt=cfg.negative_prompt)
+
+    def sample(self, prompts: list[str], seeds: list[int]) -> list[dict]:
+        """One batch: per video ``{"mp4": bytes, "gt": {dim: score} or None}`` (ground truth for world prompts)."""
+        import tempfile
+
+        from videoalign_ray.data.encode import write_mp4
+        from videoalign_ray.synthetic.scorers import score_video
+
+        videos = self.videos(prompts, seeds)
+        out = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (prompt, video) in enumerate(zip(prompts, videos, strict=True)):
+                mp4 = write_mp4(Path(tmp) / f"{i}.mp4", video, fps=self.fps).read_bytes()
+                scene = self.scenes.get(prompt)
+                out.append({"mp4": mp4, "gt": score_video(video, scene) if scene is not None else None})
+        return out
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
     """Sample, score and write; returns the summary (also ``<output_dir>/summary.json``)."""
     cfg = cfg.effective()
-    with job_run(cfg, resume_tracking=False) as job:
+    with job_run(cfg, resume_tracking=False, start_ray=True) as job:
         return _run(cfg, job)
 
 
 def _run(cfg: GenerateConfig, job) -> dict:
     import pandas as pd
-    from tqdm.auto import tqdm
+    import ray
 
-    from videoalign_ray.data.video import write_mp4
-    from videoalign_ray.flow.model import PRESETS, TextEncoder, load_vae, resolve_model_dir
-    from videoalign_ray.runtime.fileio import atomic_path
-    from videoalign_ray.synthetic.evaluate import Generator
-    from videoalign_ray.synthetic.scorers import score_video
-    from videoalign_ray.synthetic.world import all_scenes, split_scenes
+    from videoalign_ray.flow.model import resolve_model_dir
+    from videoalign_ray.runtime.fileio import atomic_path, write_files
+    from videoalign_ray.runtime.placement import model_task_options, use_gpu_default
+    from videoalign_ray.runtime.progress import progress
+    from videoalign_ray.synthetic.world import split_scenes
 
     out = job.out
     weights = parse_weights(cfg.reward_weights)
-    guide = make_guide(cfg)
-    preset = PRESETS[cfg.preset]
     model_dir = resolve_model_dir(cfg.preset, cfg.model_path, out, cfg.seed)
     prompts = read_prompts(cfg.prompts) if cfg.prompts else [s.prompt for s in split_scenes(seed=cfg.seed)[1]]
-    scenes = {s.prompt: s for s in all_scenes()}
-    num_frames, height, width = cfg.num_frames or preset.num_frames, cfg.height or preset.height, cfg.width or preset.width
-
     tracker = job.tracker
-    transformer = Generator(str(model_dir), cfg.policy_weights).load()
-    vae, text = load_vae(model_dir), TextEncoder(model_dir, preset.max_text_tokens)
-    jobs = [(p, cfg.seed * 100_000 + i * cfg.samples_per_prompt + k, i, k)
-            for i, p in enumerate(prompts) for k in range(cfg.samples_per_prompt)]
-    rows = []
-    for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="generate", unit="batch"):
-        chunk = jobs[start : start + cfg.batch_size]
-        videos = sample_batch(transformer, text, vae, [j[0] for j in chunk], [j[1] for j in chunk],
-                              num_frames=num_frames, height=height, width=width, steps=cfg.sample_steps, shift=cfg.sample_shift,
-                              cfg_scale=cfg.cfg_scale, guide=guide, weights=weights,
-                              guidance_scale=cfg.guidance_scale, max_guidance_factor=cfg.max_guidance_factor)
-        for (prompt, seed, i, k), video in zip(chunk, videos, strict=True):
-            path = write_mp4(out / "videos" / f"{i:03d}_{k:02d}.mp4", video, fps=preset.fps)
-            row = {"prompt": prompt, "seed": seed, "path": str(path)}
-            if prompt in scenes:
-                row.update({f"gt_{d}": v for d, v in score_video(video, scenes[prompt]).items()})
-            rows.append(row)
+    actor = ray.remote(SamplerActor).options(**model_task_options(use_gpu_default(None)), max_restarts=0).remote(
+        cfg, str(model_dir))
+    try:
+        where = _get(actor.where.remote(), cfg.sample_timeout_s, "the sampler actor to load the models")
+        jobs = [(p, cfg.seed * 100_000 + i * cfg.samples_per_prompt + k, i, k)
+                for i, p in enumerate(prompts) for k in range(cfg.samples_per_prompt)]
+        rows = []
+        with progress(len(jobs), "generate", "video") as bar:
+            for start in range(0, len(jobs), cfg.batch_size):
+                chunk = jobs[start : start + cfg.batch_size]
+                results = _get(actor.sample.remote([j[0] for j in chunk], [j[1] for j in chunk]),
+                               cfg.sample_timeout_s, f"videos {start}..{start + len(chunk) - 1}")
+                for (prompt, seed, i, k), res in zip(chunk, results, strict=True):
+                    (path,) = write_files(out / "videos", {f"{i:03d}_{k:02d}.mp4": res["mp4"]})
+                    row = {"prompt": prompt, "seed": seed, "path": str(path)}
+                    row.update({f"gt_{d}": v for d, v in (res["gt"] or {}).items()})
+                    rows.append(row)
+                bar.update(len(chunk))
+    finally:
+        ray.kill(actor)
     table = pd.DataFrame(rows)
     if cfg.reward_checkpoint:
         from videoalign_ray.reward.scoring import score_rows
-        from videoalign_ray.runtime.launch import init_ray
 
-        init_ray()
         scored = {(r["path"], r["prompt"]): r for r in score_rows(rows, cfg.reward_checkpoint)}
         for d in ("VQ", "MQ", "TA", "Overall"):
             table[f"reward_{d}"] = [scored[(r["path"], r["prompt"])][d] for r in rows]
@@ -153,7 +205,18 @@ def _run(cfg: GenerateConfig, job) -> dict:
     tracker.log_metrics(means, step=0)
     tracker.log_artifact(out / "scores.csv")
     tracker.log_artifact(out / "videos", "videos")
+    guide = "serve" if cfg.reward_endpoint else ("local" if cfg.guidance_scale > 0 else "none")
     summary = {"videos": len(rows), "scores_csv": str(out / "scores.csv"), "means": means,
-               "weights": list(weights), "guidance_scale": cfg.guidance_scale,
-               "guide": "serve" if cfg.reward_endpoint else ("local" if guide is not None else "none")}
+               "weights": list(weights), "guidance_scale": cfg.guidance_scale, "guide": guide,
+               "sampler": where["sampler"], "sampler_worker": where}
     return job.complete(summary)
+
+
+def _get(ref, timeout_s: float, what: str):
+    """``ray.get(ref)`` within ``timeout_s`` seconds, else TimeoutError naming ``what``."""
+    import ray
+
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as exc:
+        raise TimeoutError(f"waited {timeout_s:g} s for {what} (--sample-timeout-s)") from exc

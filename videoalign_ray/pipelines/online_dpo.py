@@ -19,14 +19,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from videoalign_ray.config import ModelSection, RuntimeSection, Weights, parse_weights
 from videoalign_ray.online.selection import PairRule
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import ModelSection, RuntimeSection, SamplingSection, Weights, parse_weights
 
 log = logging.getLogger(__name__)
 
 
-class OnlineDPOConfig(RuntimeSection, ModelSection):
+class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection):
     """Config of ``jobs/online_dpo.py``."""
 
     output_dir: str = Field("outputs/online_dpo", description="Samples, pairs/, rounds/, cache, MLflow store.")
@@ -38,8 +38,7 @@ class OnlineDPOConfig(RuntimeSection, ModelSection):
     prompt_column: str = Field("prompt", description="Column of a --prompts table.")
     samples_per_prompt: int = Field(4, ge=2, description="K videos per prompt and round.")
     generator_actors: int = Field(2, ge=1, description="Generation actors (one GPU each when the cluster has GPUs).")
-    sample_steps: int = Field(12, ge=1, description="Euler steps per generated video.")
-    sample_shift: float = Field(1.0, gt=0, description="Sampling schedule shift.")
+    sample_steps: int = Field(12, ge=1, description="Denoising steps per generated video.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale during sampling (needs --reward-endpoint).")
     reward_weights: Weights = Field("1,1,1", description="Per-dimension weights (VQ,MQ,TA) of the reward: pair "
                                     "selection and Flow-NRG.")

@@ -25,9 +25,10 @@ class RoundRunner:
 
     def __init__(self, cfg, job):
         from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+        from videoalign_ray.flow.sampling import SamplingSettings
         from videoalign_ray.online.generation import GeneratorSpec
         from videoalign_ray.pipelines.flow_dpo import encode_spec
-        from videoalign_ray.runtime.launch import use_gpu_default
+        from videoalign_ray.runtime.placement import resolve_bf16, use_gpu_default
 
         self.cfg, self.job, self.out, self.tracker = cfg, job, job.out, job.tracker
         self.preset = PRESETS[cfg.preset]
@@ -39,9 +40,12 @@ class RoundRunner:
             from videoalign_ray.errors import ConfigError
 
             raise ConfigError("--reward served needs --reward-checkpoint or --reward-endpoint")
-        espec = encode_spec(self._flow_cfg(1, None, None), self.model_dir, self.out, self.use_gpu)
+        flow_cfg = self._flow_cfg(1, None, None)
+        # the round's Flow-DPO job stores latents in its training dtype: the generated ones must share its keys
+        bf16 = resolve_bf16(flow_cfg.precision, use_gpu_default(flow_cfg.use_gpu))
+        espec = encode_spec(flow_cfg, self.model_dir, self.out, self.use_gpu, bf16)
         self.spec = GeneratorSpec(
-            encode=espec, fps=self.preset.fps, steps=cfg.sample_steps, shift=cfg.sample_shift,
+            encode=espec, fps=self.preset.fps, sampling=SamplingSettings.of(cfg),
             guidance_scale=cfg.guidance_scale, weights=cfg.guide_weights, reward_endpoint=cfg.reward_endpoint,
             guide_first_half=cfg.pair_rule == "guided-vs-unguided")
         self.samples_dir = self.out / "samples"
@@ -278,17 +282,17 @@ class RoundRunner:
 
     def evaluate(self, r: int, policy: Path | None, rdir: Path) -> dict | None:
         """Held-out world prompts: the policy vs the base by ground truth (same seeds), a grid image."""
-        from videoalign_ray.synthetic.evaluate import Generator, compare_generators
+        from videoalign_ray.synthetic.evaluate import Generator, compare_generators_remote
         from videoalign_ray.synthetic.world import split_scenes
 
         if self.cfg.eval_samples_per_prompt == 0 or policy is None:
             return None
         held = split_scenes(seed=self.cfg.seed)[1]
-        res = compare_generators(
-            Generator(str(self.model_dir), str(policy)), Generator(str(self.model_dir)), held,
+        res = compare_generators_remote(
+            Generator(str(self.model_dir), str(policy)), Generator(str(self.model_dir)), held, use_gpu=self.use_gpu,
             samples_per_prompt=self.cfg.eval_samples_per_prompt, seed=self.cfg.seed + 7,
             num_frames=self.spec.encode.num_frames, height=self.spec.encode.height, width=self.spec.encode.width,
-            max_text_tokens=self.spec.encode.max_text_tokens, steps=self.cfg.sample_steps, shift=self.cfg.sample_shift,
+            max_text_tokens=self.spec.encode.max_text_tokens, steps=self.cfg.sample_steps, shift=self.cfg.sample_shift or 1.0,
             grid_path=rdir / "heldout_grid.png")
         self.tracker.log_artifact(rdir / "heldout_grid.png", f"round_{r:03d}")
         return {k: res[k] for k in ("n", "win_rate", "policy_mean", "reference_mean")}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from videoalign_ray.config import RuntimeSection
 from videoalign_ray.errors import ModelPathError
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import RuntimeSection
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def deploy(cfg: ServeRewardConfig) -> tuple[object, str]:
         log.warning("--allow-untrained: serving an UNTRAINED tiny VideoReward (%s); its scores are noise", ckpt)
     settings = {"checkpoint": str(Path(ckpt).resolve()), "latent_reward": cfg.latent_reward,
                 "data_roots": [str(Path(r.strip()).resolve()) for r in cfg.data_roots.split(",") if r.strip()],
-                "max_upload_bytes": int(cfg.max_upload_mb * (1 << 20)), "device": "cuda" if cfg.num_gpus else "cpu",
+                "max_upload_bytes": int(cfg.max_upload_mb * (1 << 20)), "device": "auto",
                 "body_timeout_s": cfg.body_timeout_s, "max_prompt_tokens": cfg.max_prompt_tokens,
                 "max_requests_per_client": cfg.max_requests_per_client, "max_concurrent_decodes": cfg.max_concurrent_decodes,
                 "decode": {"max_duration_s": cfg.max_video_seconds, "max_sampled_frames": cfg.max_sampled_frames}}

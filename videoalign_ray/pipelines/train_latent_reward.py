@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from videoalign_ray.config import DataSection, ModelSection, RuntimeSection, TrainSection
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import DataSection, ModelSection, RuntimeSection, TrainSection
 
 
 class LatentRewardConfig(RuntimeSection, DataSection, ModelSection, TrainSection):
@@ -82,8 +82,8 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
         make_trainer,
         resolve_grad_accum,
         split_for_workers,
-        use_gpu_default,
     )
+    from videoalign_ray.runtime.placement import resolve_bf16, use_gpu_default
     from videoalign_ray.synthetic.world import train_val_tables
 
     out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
@@ -107,7 +107,7 @@ def _run(cfg: LatentRewardConfig, job) -> dict:
         model_dir=str(model_dir), num_blocks=cfg.num_blocks, loss=cfg.loss, noise=cfg.noise, lr=cfg.lr or 3e-4,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, micro_batch=micro_batch,
         grad_accum=resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum),
-        zero_stage=cfg.zero_stage, bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu),
+        zero_stage=cfg.zero_stage, bf16=resolve_bf16(cfg.precision, use_gpu),
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every, seed=cfg.seed, mlflow_tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id,

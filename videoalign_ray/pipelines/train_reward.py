@@ -12,12 +12,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from videoalign_ray.config import DataSection, RuntimeSection, TrainSection
 from videoalign_ray.data.ingest import load_pairs_ray
 from videoalign_ray.data.io import check_reject_budget, write_rejects
 from videoalign_ray.errors import DataError, ModelPathError
 from videoalign_ray.runtime.fileio import resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import DataSection, RuntimeSection, TrainSection
 
 TINY_PIXELS = 56 * 56
 
@@ -92,8 +92,8 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         make_trainer,
         resolve_grad_accum,
         split_for_workers,
-        use_gpu_default,
     )
+    from videoalign_ray.runtime.placement import resolve_bf16, use_gpu_default
     from videoalign_ray.synthetic.world import train_val_tables
 
     out, tracker, tracking_uri = job.out, job.tracker, job.tracking_uri
@@ -140,7 +140,7 @@ def _run(cfg: TrainRewardConfig, job) -> dict:
         grad_accum=resolve_grad_accum(cfg.global_batch, micro_batch, cfg.num_workers, cfg.grad_accum),
         gradient_checkpointing=cfg.gradient_checkpointing,
         zero_stage=cfg.zero_stage,
-        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu), max_steps=cfg.max_steps,
+        bf16=resolve_bf16(cfg.precision, use_gpu), max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps,
         lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every,

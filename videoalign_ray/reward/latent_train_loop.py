@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from videoalign_ray.flow.clips import common_frames
 from videoalign_ray.flow.schedule import add_noise, sample_t
 from videoalign_ray.reward.losses import bt_loss, btt_loss
 from videoalign_ray.runtime.driver import LoopCommon
@@ -35,6 +36,7 @@ def pair_rewards(model, batch: dict, cfg: LatentRewardLoopConfig, gen: torch.Gen
     ``batch``: ``chosen`` (= video A) / ``rejected`` (= video B) latents ``(B, C, F, h, w)``, ``prompt_embeds``.
     ``gen`` draws ``t`` then ``eps``.
     """
+    batch = common_frames(batch)  # clips trimmed to different lengths: the micro-batch's shortest
     x_a = batch["chosen"].to(device=device, dtype=torch.float32)
     x_b = batch["rejected"].to(device=device, dtype=torch.float32)
     text = batch["prompt_embeds"].to(device)
@@ -69,11 +71,12 @@ def train_loop_per_worker(config: dict) -> None:
     from videoalign_ray.data.cache import cache_loader
     from videoalign_ray.reward.latent import from_generator
     from videoalign_ray.runtime.driver import run_steps
+    from videoalign_ray.runtime.placement import worker_device
     from videoalign_ray.runtime.strategy import init_engine
 
     cfg = LatentRewardLoopConfig(**config)
     world = ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
+    device = worker_device()  # not Ray's get_device(): logical GPUs have no CUDA
     torch.manual_seed(cfg.seed)
     model = from_generator(cfg.model_dir, cfg.num_blocks).train()
     engine = init_engine(model, cfg.deepspeed_config(world))

@@ -24,9 +24,10 @@ class RewardScorer:
 
         from videoalign_ray.reward.checkpoint import load_reward_checkpoint, place_for_scoring
         from videoalign_ray.reward.pipeline import FrameSpec
+        from videoalign_ray.runtime.placement import worker_device
 
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"  # decided in the actor, by what it has
+        self.device = str(worker_device())  # decided in the actor, by what it has
         model, self.proc = load_reward_checkpoint(checkpoint)
         self.model = place_for_scoring(model, self.proc.scheme, self.device)
         self.spec = FrameSpec.of(self.proc.scheme)
@@ -66,12 +67,18 @@ class _Indexed(RewardScorer):
         return {**super().__call__(batch), "index": np.asarray(batch["index"])}
 
 
-def score_rows(rows: list[dict], checkpoint: str, *, actors: int = 1, batch_size: int = 8) -> list[dict]:
+def score_rows(rows: list[dict], checkpoint: str, *, actors: int = 1, batch_size: int = 8,
+               use_gpu: bool | None = None) -> list[dict]:
     """Score ``rows`` (``{"path", "prompt"}``) with an actor pool; returns one row per input, in input order
-    (``{path, prompt, raw_VQ, raw_MQ, raw_TA, VQ, MQ, TA, Overall, error}``; ``error`` None when scored)."""
+    (``{path, prompt, raw_VQ, raw_MQ, raw_TA, VQ, MQ, TA, Overall, error}``; ``error`` None when scored).
+    Each actor holds one GPU with ``use_gpu`` (default: when the cluster has GPUs) and computes on what it
+    has (``runtime.placement.worker_device``)."""
+    from videoalign_ray.runtime.placement import use_gpu_default
+
     ds = ray.data.from_items([{"index": i, "path": r["path"], "prompt": r["prompt"]} for i, r in enumerate(rows)])
     scored = ds.map_batches(_Indexed, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
-                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors))
+                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                            num_gpus=1 if use_gpu_default(use_gpu) else 0)
     # Ray Data keeps no order across actors: each row carries its input position through the pool
     by_index = sorted(scored.take_all(), key=lambda r: int(r["index"]))
     return [{k: v for k, v in r.items() if k != "index"} for r in by_index]

@@ -113,12 +113,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     from videoalign_ray.data.cache import TensorCache, cache_loader, load_row
     from videoalign_ray.runtime.driver import run_steps
+    from videoalign_ray.runtime.placement import worker_device
     from videoalign_ray.runtime.strategy import init_engine
 
     cfg = RewardLoopConfig(**config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = worker_device()  # not Ray's get_device(): logical GPUs have no CUDA
     model, proc = build_reward_model(cfg.tokenizer_dir, cfg.model_path, cfg.output_dim, cfg.reward_token, cfg.seed,
                                      cfg.lm_training, cfg.lora_rank, cfg.lora_alpha)
     if cfg.gradient_checkpointing:  # Qwen2-VL's LM and vision blocks recompute in the backward pass

@@ -86,6 +86,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_files(folder: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
+    """Write ``{file name: bytes}`` into ``folder`` (created), each file atomically; returns the paths in the
+    dict's order. Names must be plain file names (no folder part).
+
+    Raises:
+        ValueError: a name with a folder part or ``..``.
+    """
+    folder = Path(folder)
+    paths = []
+    for name, data in files.items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"not a plain file name: {name!r}")
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(data)
+        paths.append(folder / name)
+    return paths
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed after).

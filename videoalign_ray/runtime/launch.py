@@ -115,12 +115,6 @@ def current_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def use_gpu_default(configured: bool | None) -> bool:
-    import ray
-
-    return configured if configured is not None else ray.cluster_resources().get("GPU", 0) > 0
-
-
 def _settled_free_cpus(settle_s: float = 3.0, timeout_s: float = 10.0) -> float:
     """The cluster's free CPUs once the job's own data stage has let go of them: Ray Data stops its encoder
     actors asynchronously after the last row, so right after the data stage one CPU can still look taken (seen
@@ -173,13 +167,14 @@ def make_trainer(loop: Callable, loop_config: dict, *, shards: list, num_workers
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from videoalign_ray.runtime.key_table import KeyTableShard, run_with_shards
+    from videoalign_ray.runtime.placement import train_backend
 
     named = {**{f"shard_{i}": s for i, s in enumerate(shards)}, **(extra_datasets or {})}
     files = {k: v for k, v in named.items() if isinstance(v, KeyTableShard)}  # read by the workers themselves
     return TorchTrainer(
         functools.partial(run_with_shards, loop, files) if files else loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=train_backend(use_gpu)),  # gloo on logical GPUs without CUDA
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={
             "CPU": resolve_cpus_per_worker(cpus_per_worker, num_workers, use_gpu), **({"GPU": 1} if use_gpu else {})}),
         datasets={k: v for k, v in named.items() if k not in files},

@@ -60,7 +60,7 @@ class RewardDeployment:
         from videoalign_ray.serve.scorer import RewardScorer
 
         self.settings = dict(settings)
-        self.scorer = RewardScorer(settings["checkpoint"], settings.get("latent_reward"), settings.get("device", "cpu"))
+        self.scorer = RewardScorer(settings["checkpoint"], settings.get("latent_reward"), settings.get("device", "auto"))
         self.roots = [str(r) for r in settings.get("data_roots", [])]
         self.limits = ServiceLimits.from_settings(settings)
         self.counts: Counter = Counter()
@@ -88,7 +88,7 @@ class RewardDeployment:
             scorer = self.scorer
             ckpt = user_config.get("checkpoint")
             if ckpt and str(Path(ckpt).resolve()) != self.scorer.checkpoint:
-                scorer = RewardScorer(ckpt, self.settings.get("latent_reward"), self.settings.get("device", "cpu"))
+                scorer = RewardScorer(ckpt, self.settings.get("latent_reward"), self.settings.get("device", "auto"))
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old model serving
             log.error("reconfigure refused, still serving %s: %s: %s", self.scorer.model_id, type(exc).__name__, exc)
             self.reconfigure_error = public_message(f"{type(exc).__name__}: {exc}")
@@ -348,7 +348,7 @@ def app_builder(args: dict):
     settings = {"checkpoint": ckpt, "latent_reward": args.get("latent_reward"),
                 "data_roots": args.get("data_roots") or [str(Path.cwd())],
                 "max_upload_bytes": int(float(args.get("max_upload_mb", 64)) * (1 << 20)),
-                "device": args.get("device", "cpu"),
+                "device": args.get("device", "auto"),
                 **{k: args[k] for k in ("body_timeout_s", "max_prompt_tokens", "max_requests_per_client",
                                         "max_concurrent_decodes", "decode")
                    if args.get(k) is not None}}

@@ -25,7 +25,7 @@ class RewardScorer:
     Raises (constructor): FileNotFoundError for a folder that is not a reward checkpoint.
     """
 
-    def __init__(self, checkpoint: str | Path, latent_reward: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path, latent_reward: str | Path | None = None, device: str = "auto"):
         from videoalign_ray.reward.checkpoint import (
             is_reward_checkpoint,
             load_reward_checkpoint,
@@ -39,9 +39,12 @@ class RewardScorer:
             raise ModelPathError(f"{checkpoint}: not a VideoReward checkpoint (no reward_config.json or "
                                  "model_config.json)")
         self.checkpoint = str(checkpoint.resolve())
-        self.device = device
+        from videoalign_ray.runtime.placement import worker_device
+
+        # "auto": what this replica has (a logical GPU without CUDA computes on CPU)
+        self.device = str(worker_device()) if device == "auto" else device
         model, self.proc = load_reward_checkpoint(checkpoint)
-        self.model = place_for_scoring(model, self.proc.scheme, device)
+        self.model = place_for_scoring(model, self.proc.scheme, self.device)
         self.spec = FrameSpec.of(self.proc.scheme)
         if is_videoalign_folder(checkpoint):
             self.model_id = f"{checkpoint.name}@{choose_checkpoint(checkpoint).name}"
@@ -52,7 +55,7 @@ class RewardScorer:
         if latent_reward:
             from videoalign_ray.reward.latent import load_latent_reward_spec
 
-            self.latent = load_latent_reward_spec(latent_reward).to(device).requires_grad_(False)
+            self.latent = load_latent_reward_spec(latent_reward).to(self.device).requires_grad_(False)
 
     def decode(self, path: str | Path, limits: DecodeLimits | None = None) -> np.ndarray:
         """uint8 ``(T, H, W, 3)`` frames of a video file at the checkpoint's fps and pixel budget.

@@ -68,13 +68,14 @@ class Generator:
     model_dir: str
     weights_dir: str | None = None
 
-    def load(self):
+    def load(self, dtype: torch.dtype = torch.float32):
+        """The transformer (policy or base) in ``dtype``, eval mode, on CPU."""
+        from videoalign_ray.flow.generator import load_policy
         from videoalign_ray.flow.model import load_transformer
-        from videoalign_ray.flow.render import load_policy
 
         if self.weights_dir:
-            return load_policy(self.model_dir, self.weights_dir)
-        return load_transformer(self.model_dir).eval()
+            return load_policy(self.model_dir, self.weights_dir, dtype=dtype)
+        return load_transformer(self.model_dir, dtype=dtype).eval()
 
 
 def sample_world_videos(
@@ -112,24 +113,30 @@ def frame_grid(rows: list[np.ndarray], scale: int = 3):
 def compare_generators(
     policy: Generator, reference: Generator, scenes: list[Scene], *, samples_per_prompt: int, seed: int,
     num_frames: int, height: int, width: int, max_text_tokens: int, steps: int = 20, shift: float = 1.0,
-    grid_path: str | Path | None = None,
+    grid: bool = False,
 ) -> dict:
     """Sample every scene ``samples_per_prompt`` times from both generators with shared seeds and score them.
 
+    Loads the models on this process's device (``runtime.placement.worker_device``; bf16 on CUDA): call it
+    through :func:`compare_generators_remote`, which runs it in a Ray task.
+
     Returns ``{"n": N, "win_rate": {dim: (rate, lo, hi)}, "policy_mean": {dim: x}, "reference_mean": {...},
-    "scores": [per-sample rows]}``; writes a frame grid (reference row above policy row per prompt) when
-    ``grid_path`` is given.
+    "scores": [per-sample rows]}``, plus ``grid_png`` (PNG bytes of a frame grid: reference row above policy
+    row per prompt) when ``grid``.
     """
     from videoalign_ray.flow.model import TextEncoder, load_vae
+    from videoalign_ray.runtime.placement import compute_dtype, worker_device
 
+    device = worker_device()
+    dtype = compute_dtype(device)
     prompts = [s.prompt for s in scenes for _ in range(samples_per_prompt)]
     seeds = [seed * 100_000 + i for i in range(len(prompts))]
-    vae = load_vae(policy.model_dir)
-    text = TextEncoder(policy.model_dir, max_text_tokens)
+    vae = load_vae(policy.model_dir).to(device)
+    text = TextEncoder(policy.model_dir, max_text_tokens, device)
     kw = dict(num_frames=num_frames, height=height, width=width, steps=steps, shift=shift)
     with torch.no_grad():
-        ref_videos = sample_world_videos(reference.load(), vae, text, prompts, seeds, **kw)
-        pol_videos = sample_world_videos(policy.load(), vae, text, prompts, seeds, **kw)
+        ref_videos = sample_world_videos(reference.load(dtype).to(device), vae, text, prompts, seeds, **kw)
+        pol_videos = sample_world_videos(policy.load(dtype).to(device), vae, text, prompts, seeds, **kw)
     scene_of = [s for s in scenes for _ in range(samples_per_prompt)]
     rows = []
     for i, sc in enumerate(scene_of):
@@ -145,12 +152,34 @@ def compare_generators(
         "reference_mean": {d: float(np.mean([x[f"reference_{d}"] for x in rows])) for d in DIMS},
         "scores": rows,
     }
-    if grid_path is not None:
+    if grid:
+        import io
+
         picks = [i * samples_per_prompt for i in range(min(len(scenes), 6))]
-        grid = frame_grid([v for i in picks for v in (ref_videos[i], pol_videos[i])])
-        Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
-        grid.save(grid_path)
+        buf = io.BytesIO()
+        frame_grid([v for i in picks for v in (ref_videos[i], pol_videos[i])]).save(buf, format="PNG")
+        result["grid_png"] = buf.getvalue()
     return result
+
+
+def compare_generators_remote(policy: Generator, reference: Generator, scenes: list[Scene], *, use_gpu: bool,
+                              timeout_s: float = 7200.0, grid_path: str | Path | None = None, **kwargs) -> dict:
+    """:func:`compare_generators` in a Ray task (one GPU with ``use_gpu``, else one CPU); the driver writes the
+    grid to ``grid_path`` (when given). The result gains ``worker`` (pid, node, gpu_ids, device of the task).
+
+    Raises:
+        TimeoutError: no result within ``timeout_s`` seconds.
+    """
+    from videoalign_ray.runtime.fileio import write_files
+    from videoalign_ray.runtime.placement import run_model_task
+
+    result, worker = run_model_task(compare_generators, policy, reference, scenes, grid=grid_path is not None,
+                                    use_gpu=use_gpu, what="held-out generator comparison", timeout_s=timeout_s,
+                                    **kwargs)
+    png = result.pop("grid_png", None)
+    if grid_path is not None:
+        write_files(Path(grid_path).parent, {Path(grid_path).name: png})
+    return {**result, "worker": worker}
 
 
 def format_table(result: dict, policy_name: str = "policy", reference_name: str = "reference") -> str:
@@ -188,8 +217,8 @@ def implicit_dpo_accuracy(
     total = torch.zeros(n)
     for d in range(draws):
         g = torch.Generator().manual_seed(seed * 1000 + d)
-        t = sample_t(n, generator=g)
-        eps = torch.randn(chosen.shape, generator=g)
+        t = sample_t(n, generator=g).to(chosen.device)  # drawn on CPU: the same draws on any device
+        eps = torch.randn(chosen.shape, generator=g).to(chosen.device)
         for i in range(0, n, batch):
             s = slice(i, i + batch)
             args_w = (chosen[s], eps[s], t[s], prompt_embeds[s])
@@ -200,5 +229,5 @@ def implicit_dpo_accuracy(
                 rw, rl = err(*args_w), err(*args_l)
             finally:
                 policy.enable_adapters()
-            total[s] += -((pw - rw) - (pl - rl))
+            total[s] += -((pw - rw) - (pl - rl)).float().cpu()
     return float((total > 0).float().mean())
