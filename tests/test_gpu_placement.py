@@ -109,3 +109,18 @@ def test_generate_and_reward_jobs_on_logical_gpus(logical_gpu_ray, tmp_path):
         data=str(tmp_path / "videos.csv"), reward_checkpoint=str(ckpt), output_dir=str(tmp_path / "score"))))
     assert s["videos"] == 2 and s["failed"] == 0
     assert json.loads((tmp_path / "score" / "summary.json").read_text())["videos"] == 2
+
+
+def test_reward_training_and_evaluation_on_logical_gpus(logical_gpu_ray, tmp_path, shared_data):
+    """jobs/train_reward.py (Ray Train workers holding a logical GPU each, gloo, float32) and jobs/eval_reward.py
+    (GPU scoring actors) finish on the same cluster."""
+    from videoalign_ray.pipelines.eval_reward import EvalRewardConfig, run_eval_reward
+    from videoalign_ray.pipelines.train_reward import TrainRewardConfig, run_train_reward
+
+    t = run_train_reward(validate_config(TrainRewardConfig, dict(
+        output_dir=str(tmp_path / "rw"), max_steps=2, checkpoint_every=2, train_pairs=8, val_pairs=4, batch_size=2)))
+    assert t["steps"] == 2
+    e = run_eval_reward(validate_config(EvalRewardConfig, dict(
+        output_dir=str(tmp_path / "ev"), reward_checkpoint=t["checkpoint"],
+        data=str(shared_data / "videoalign-examples" / "example.csv"))))
+    assert e["pairs"] == 3

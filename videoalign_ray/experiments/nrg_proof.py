@@ -36,7 +36,7 @@ class NRGProofConfig(RuntimeSection):
 
 
 def run_nrg_proof(cfg: NRGProofConfig) -> dict:
-    with job_run(cfg, track=False) as job:
+    with job_run(cfg, track=False, start_ray=True) as job:
         return _run(cfg, job)
 
 
@@ -44,18 +44,16 @@ def _run(cfg: NRGProofConfig, job) -> dict:
     import ray
 
     from videoalign_ray.config import validate_config
-    from videoalign_ray.experiments.nrg_eval import guidance_sweep, sweep_table
-    from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET, TextEncoder, load_transformer, load_vae
+    from videoalign_ray.experiments.nrg_eval import sweep_table
+    from videoalign_ray.flow.model import PRESETS
     from videoalign_ray.pipelines.train_latent_reward import LatentRewardConfig, run_latent_reward
-    from videoalign_ray.reward.latent import LatentRewardGuide, load_latent_reward
+    from videoalign_ray.runtime.placement import run_model_task, use_gpu_default
     from videoalign_ray.synthetic.world import split_scenes
 
     out = job.out
     preset = PRESETS["tiny-world"]
     _, held = split_scenes(seed=cfg.seed)
     levels = tuple(float(x) for x in cfg.levels.split(","))
-    transformer = load_transformer(TINY_WORLD_ASSET).eval()
-    vae, text = load_vae(TINY_WORLD_ASSET), TextEncoder(TINY_WORLD_ASSET, preset.max_text_tokens)
     results, training = {}, {}
     for noise in [g.strip() for g in cfg.guides.split(",") if g.strip()]:
         summary = run_latent_reward(validate_config(LatentRewardConfig, dict(
@@ -64,15 +62,27 @@ def _run(cfg: NRGProofConfig, job) -> dict:
             cache_dir=str(out / "cache"), mlflow_tracking_uri=cfg.mlflow_tracking_uri,
         )))
         training[noise] = summary["val_accuracy"]
-        guide = LatentRewardGuide(load_latent_reward(summary["checkpoint"]))
-        results[noise] = guidance_sweep(
-            transformer, text, vae, guide, held, samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed + 11,
+        results[noise], _ = run_model_task(
+            _sweep, summary["checkpoint"], held, samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed + 11,
             scale=cfg.guidance_scale, levels=levels, num_frames=preset.num_frames, height=preset.height,
-            width=preset.width, steps=cfg.sample_steps,
-        )
+            width=preset.width, steps=cfg.sample_steps, use_gpu=use_gpu_default(None),
+            what=f"the guidance sweep of the {noise} latent reward", timeout_s=7200.0)
         log.info(f"\n--- latent reward ({noise}) held-out accuracy: {summary['val_accuracy']}")
     table = sweep_table(results)
     write_text_atomic(out / "results.json", json.dumps({"sweeps": results, "latent_reward_val": training}, indent=2))
     if ray.is_initialized():
         ray.shutdown()
     return job.complete({"table": "\n" + table, "latent_reward_val": training, "results_json": str(out / "results.json")})
+
+
+def _sweep(checkpoint: str, held, **kwargs) -> dict:
+    """``guidance_sweep`` of the tiny-world generator guided by the latent reward at ``checkpoint``, with every
+    model on this task's device (a Ray task: ``runtime.placement.run_model_task``)."""
+    from videoalign_ray.experiments.nrg_eval import guidance_sweep
+    from videoalign_ray.flow.generator import load_generator
+    from videoalign_ray.flow.model import PRESETS, TINY_WORLD_ASSET
+    from videoalign_ray.reward.latent import LatentRewardGuide, load_latent_reward
+
+    m = load_generator(TINY_WORLD_ASSET, max_text_tokens=PRESETS["tiny-world"].max_text_tokens)
+    guide = LatentRewardGuide(load_latent_reward(checkpoint).to(m.device))
+    return guidance_sweep(m.transformer, m.text, m.vae, guide, held, **kwargs)
