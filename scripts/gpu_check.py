@@ -197,33 +197,29 @@ def part_videoreward(dry: bool) -> dict:
             "videos_per_s": round(batch / s, 2)}
 
 
-def _job(args: list[str], timeout_s: float) -> dict:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+def _job_part(name: str, args: list[str], dry: bool) -> dict:
+    """Run a job on the GPU in a subprocess (it needs Ray, DeepSpeed, pydantic and MLflow): its exit code and the
+    last summary line, or the error's tail; skipped without those libraries or in a dry run."""
+    missing = [m for m in ("ray", "deepspeed", "pydantic", "mlflow") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"part": name, "skipped": f"not installed: {', '.join(missing)}"}
+    if dry:
+        return {"part": name, "skipped": "dry run (the test suite runs the jobs on CPU)"}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args, "--overwrite"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), "")
-    return {"rc": proc.returncode, "tail": (proc.stderr or proc.stdout)[-400:] if proc.returncode else line[:400]}
+    tail = (proc.stderr or proc.stdout)[-400:] if proc.returncode else line[:400]
+    return {"part": name, "s": round(time.perf_counter() - t, 1), "rc": proc.returncode, "tail": tail}
 
 
 def part_ray_deepspeed(dry: bool) -> dict:
-    missing = [m for m in ("ray", "deepspeed", "pydantic", "mlflow") if importlib.util.find_spec(m) is None]
-    if missing:
-        return {"part": "ray_deepspeed", "skipped": f"not installed: {', '.join(missing)}"}
-    if dry:
-        return {"part": "ray_deepspeed", "skipped": "dry run (the test suite runs the jobs on CPU)"}
-    t = time.perf_counter()
-    res = _job(["jobs/flow_dpo.py", "--output-dir", "/tmp/gpu_check/flow_dpo", "--max-steps", "4", "--num-workers",
-                "1", "--zero-stage", "2", "--num-samples", "1", "--overwrite"], 300)
-    return {"part": "ray_deepspeed", "s": round(time.perf_counter() - t, 1), **res}
+    return _job_part("ray_deepspeed", ["jobs/flow_dpo.py", "--output-dir", "/tmp/gpu_check/flow_dpo", "--max-steps",
+                                       "4", "--num-workers", "1", "--zero-stage", "2", "--num-samples", "1"], dry)
 
 
 def part_online(dry: bool) -> dict:
-    missing = [m for m in ("ray", "deepspeed", "pydantic", "mlflow") if importlib.util.find_spec(m) is None]
-    if missing:
-        return {"part": "online", "skipped": f"not installed: {', '.join(missing)}"}
-    if dry:
-        return {"part": "online", "skipped": "dry run (the test suite runs the online job on CPU)"}
-    t = time.perf_counter()
-    res = _job(["jobs/online_dpo.py", "--output-dir", "/tmp/gpu_check/online", "--rounds", "1", "--overwrite"], 300)
-    return {"part": "online", "s": round(time.perf_counter() - t, 1), **res}
+    return _job_part("online", ["jobs/online_dpo.py", "--output-dir", "/tmp/gpu_check/online", "--rounds", "1"], dry)
 
 
 PARTS = {"flow_dpo_step": part_flow_dpo_step, "sample": part_sample, "videoreward": part_videoreward,
