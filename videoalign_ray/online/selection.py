@@ -93,3 +93,32 @@ def select_pairs(rewards: np.ndarray, weights: tuple[float, float, float], rule:
         else:
             out.pairs.append((c, r, margin))
     return out
+
+
+def round_table(records: list[dict], rewards: list[list[list[float]]], round_: int, *,
+                weights: tuple[float, float, float], pair_rule: str, min_margin: float):
+    """The round's pair rows and its selection counts (pure: records and rewards in, a DataFrame out).
+
+    ``records``: the generation records of the round's prompt groups; ``rewards``: per group, per sample, the
+    (VQ, MQ, TA) rewards. Pairs per group by :func:`select_pairs` with ``weights``, ``pair_rule``, ``min_margin``.
+    """
+    import pandas as pd
+
+    from videoalign_ray.data.schema import DIMENSIONS
+
+    rows, counts = [], {"groups": len(records), "pairs": 0, "ties": 0, "below_margin": 0}
+    for rec, group in zip(records, rewards, strict=True):
+        sel = select_pairs(np.asarray(group), weights, pair_rule, min_margin)
+        counts["ties"] += sel.ties
+        counts["below_margin"] += sel.below_margin
+        for c, r, margin in sel.pairs:
+            sc, sr = rec["samples"][c], rec["samples"][r]
+            row = {"round": round_, "prompt": rec["prompt"], "prompt_index": rec["prompt_index"],
+                   "chosen": sc["path"], "rejected": sr["path"], "chosen_latent_key": sc["latent_key"],
+                   "rejected_latent_key": sr["latent_key"], "chosen_seed": sc["seed"], "rejected_seed": sr["seed"],
+                   "margin": margin, "policy_version": rec["policy_version"]}
+            for i, d in enumerate(DIMENSIONS):
+                row[f"reward_chosen_{d}"], row[f"reward_rejected_{d}"] = group[c][i], group[r][i]
+            rows.append(row)
+    counts["pairs"] = len(rows)
+    return pd.DataFrame(rows), counts

@@ -52,7 +52,7 @@ class GeneratorPool:
         Raises:
             TimeoutError: an actor did not load within ``start_timeout_s``.
         """
-        from videoalign_ray.pipelines.online_dpo import wait_all
+        from videoalign_ray.runtime.launch import wait_all
 
         if self.actors is None:
             self.actors = [self._new_actor() for _ in range(self.size)]
@@ -128,7 +128,7 @@ class GeneratorPool:
         """Kill the actor in ``slot`` (it may only be unreachable) and start its replacement."""
         import ray
 
-        from videoalign_ray.pipelines.online_dpo import wait_all
+        from videoalign_ray.runtime.launch import wait_all
 
         where = f"round {task['round']} prompt {task['prompt_index']}"
         ray.kill(self.actors[slot], no_restart=True)
@@ -145,7 +145,7 @@ class GeneratorPool:
 
     def set_policy(self, version: int, policy_ref) -> list[int]:
         """Load ``version`` (``policy_ref``: ObjectRef of its payload) on every live actor; their versions."""
-        from videoalign_ray.pipelines.online_dpo import wait_all
+        from videoalign_ray.runtime.launch import wait_all
 
         if self.actors is None:
             return []

@@ -11,10 +11,7 @@ Rerunning the same command resumes: committed rounds are not redone, a finished 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -134,58 +131,3 @@ def _run(cfg: OnlineDPOConfig, job) -> dict:
                "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
                "final_policy": history[-1]["policy"], "reward": runner.reward_kind}
     return job.complete(summary)
-
-
-def round_table(records: list[dict], rewards: list[list[list[float]]], cfg: OnlineDPOConfig, round_: int):
-    """The round's pair rows and its selection counts (pure: records and rewards in, a DataFrame out)."""
-    import numpy as np
-    import pandas as pd
-
-    from videoalign_ray.data.schema import DIMENSIONS
-    from videoalign_ray.online.selection import select_pairs
-
-    weights = parse_weights(cfg.reward_weights)
-    rows, counts = [], {"groups": len(records), "pairs": 0, "ties": 0, "below_margin": 0}
-    for rec, group in zip(records, rewards, strict=True):
-        sel = select_pairs(np.asarray(group), weights, cfg.pair_rule, cfg.min_margin)
-        counts["ties"] += sel.ties
-        counts["below_margin"] += sel.below_margin
-        for c, r, margin in sel.pairs:
-            sc, sr = rec["samples"][c], rec["samples"][r]
-            row = {"round": round_, "prompt": rec["prompt"], "prompt_index": rec["prompt_index"],
-                   "chosen": sc["path"], "rejected": sr["path"], "chosen_latent_key": sc["latent_key"],
-                   "rejected_latent_key": sr["latent_key"], "chosen_seed": sc["seed"], "rejected_seed": sr["seed"],
-                   "margin": margin, "policy_version": rec["policy_version"]}
-            for i, d in enumerate(DIMENSIONS):
-                row[f"reward_chosen_{d}"], row[f"reward_rejected_{d}"] = group[c][i], group[r][i]
-            rows.append(row)
-    counts["pairs"] = len(rows)
-    return pd.DataFrame(rows), counts
-
-
-def wait_all(refs: list, what: str, timeout_s: float, on_done=None) -> list:
-    """``ray.get`` of ``refs`` with a deadline per completion and progress lines; results in ``refs`` order.
-
-    Raises:
-        TimeoutError: no reference finished within ``timeout_s`` (names ``what`` and how many were left).
-    """
-    import ray
-
-    index = {ref: i for i, ref in enumerate(refs)}
-    results, pending, start = [None] * len(refs), list(refs), time.monotonic()
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
-        if not ready:
-            raise TimeoutError(f"{what}: nothing finished in {timeout_s:.0f} s ({len(pending)} of {len(refs)} left)")
-        results[index[ready[0]]] = value = ray.get(ready[0])
-        if on_done is not None:
-            on_done(value)
-        done = len(refs) - len(pending)
-        if done == len(refs) or done % max(1, len(refs) // 4) == 0:
-            log.info("%s: %d/%d done (%.1f s)", what, done, len(refs), time.monotonic() - start)
-    return results
-
-
-def load_round_summary(path: Path) -> dict | None:
-    """A finished round's summary (``rounds/round=NNN/summary.json``) or None."""
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -75,7 +75,8 @@ class RoundRunner:
 
     # ---- one round -------------------------------------------------------------------------------
     def run_round(self, r: int, prompts: list[str], store) -> dict:
-        from videoalign_ray.pipelines.online_dpo import load_round_summary, round_table
+        from videoalign_ray.online.selection import round_table
+        from videoalign_ray.sections import parse_weights
 
         rdir = self.out / "rounds" / round_dir_name(r)
         done = load_round_summary(rdir / "summary.json")
@@ -93,7 +94,8 @@ class RoundRunner:
             rewards = self.score(r, records)
             seconds["score"] = time.monotonic() - t
             t = time.monotonic()
-            table, counts = round_table(records, rewards, self.cfg, r)
+            table, counts = round_table(records, rewards, r, weights=parse_weights(self.cfg.reward_weights),
+                                        pair_rule=self.cfg.pair_rule, min_margin=self.cfg.min_margin)
             stats = _reward_stats(records, rewards)
             seconds["select"] = time.monotonic() - t
             t = time.monotonic()
@@ -328,3 +330,8 @@ def _reward_stats(records: list[dict], rewards) -> dict:
         for d in DIMENSIONS:
             stats[f"gt_mean_{d}"] = float(np.mean([g[d] for g in gt]))
     return stats
+
+
+def load_round_summary(path: Path) -> dict | None:
+    """A finished round's summary (``rounds/round=NNN/summary.json``) or None."""
+    return json.loads(path.read_text()) if path.is_file() else None

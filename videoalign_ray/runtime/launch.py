@@ -261,3 +261,26 @@ def split_for_workers(key_rows, num_workers: int, batch_size: int) -> tuple[list
     if per_worker < 1:
         raise DataError(f"{key_rows.count()} usable rows cannot feed {num_workers} workers; lower --num-workers")
     return shards, per_worker, min(batch_size, per_worker)
+
+
+def wait_all(refs: list, what: str, timeout_s: float, on_done=None) -> list:
+    """``ray.get`` of ``refs`` with a deadline per completion and progress lines; results in ``refs`` order.
+
+    Raises:
+        TimeoutError: no reference finished within ``timeout_s`` (names ``what`` and how many were left).
+    """
+    import ray
+
+    index = {ref: i for i, ref in enumerate(refs)}
+    results, pending, start = [None] * len(refs), list(refs), time.monotonic()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+        if not ready:
+            raise TimeoutError(f"{what}: nothing finished in {timeout_s:.0f} s ({len(pending)} of {len(refs)} left)")
+        results[index[ready[0]]] = value = ray.get(ready[0])
+        if on_done is not None:
+            on_done(value)
+        done = len(refs) - len(pending)
+        if done == len(refs) or done % max(1, len(refs) // 4) == 0:
+            log.info("%s: %d/%d done (%.1f s)", what, done, len(refs), time.monotonic() - start)
+    return results
