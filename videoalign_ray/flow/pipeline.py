@@ -58,11 +58,11 @@ class EncodeSpec:
     encoder_actors: int = 1
     use_gpu: bool = False
     clip_rule: ClipRule | None = None
+    """The window at the model's frame rate (``data.sampling.ClipRule``); None: ``num_frames`` spread over the
+    whole clip (for clips made at the model's length and rate, e.g. the synthetic world's in tests)."""
     latent_dtype: str = "float32"
     """How latents are stored: the training dtype (``bfloat16`` for bf16 runs: 4.2 MB instead of 8.4 MB per Wan
     video at 16x21x60x104; ``float32`` otherwise, CPU runs included); loaded back as float32."""
-    """The window at the model's frame rate (``data.sampling.ClipRule``); None: ``num_frames`` spread over the
-    whole clip (for clips made at the model's length and rate, e.g. the synthetic world's in tests)."""
 
     def video_key(self, path: str) -> str:
         """The latent cache key of ``path`` under this spec (size, VAE and frame rule)."""
