@@ -163,6 +163,7 @@ def _run(cfg: GenerateConfig, job) -> dict:
 
     from videoalign_ray.flow.model import resolve_model_dir
     from videoalign_ray.runtime.fileio import atomic_path, write_files
+    from videoalign_ray.runtime.launch import wait_all
     from videoalign_ray.runtime.placement import model_task_options, use_gpu_default
     from videoalign_ray.runtime.progress import progress
     from videoalign_ray.synthetic.world import split_scenes
@@ -175,15 +176,15 @@ def _run(cfg: GenerateConfig, job) -> dict:
     actor = ray.remote(SamplerActor).options(**model_task_options(use_gpu_default(None)), max_restarts=0).remote(
         cfg, str(model_dir))
     try:
-        where = _get(actor.where.remote(), cfg.sample_timeout_s, "the sampler actor to load the models")
+        (where,) = wait_all([actor.where.remote()], "the sampler actor to load the models", cfg.sample_timeout_s)
         jobs = [(p, cfg.seed * 100_000 + i * cfg.samples_per_prompt + k, i, k)
                 for i, p in enumerate(prompts) for k in range(cfg.samples_per_prompt)]
         rows = []
         with progress(len(jobs), "generate", "video") as bar:
             for start in range(0, len(jobs), cfg.batch_size):
                 chunk = jobs[start : start + cfg.batch_size]
-                results = _get(actor.sample.remote([j[0] for j in chunk], [j[1] for j in chunk]),
-                               cfg.sample_timeout_s, f"videos {start}..{start + len(chunk) - 1}")
+                (results,) = wait_all([actor.sample.remote([j[0] for j in chunk], [j[1] for j in chunk])],
+                                      f"videos {start}..{start + len(chunk) - 1}", cfg.sample_timeout_s)
                 for (prompt, seed, i, k), res in zip(chunk, results, strict=True):
                     (path,) = write_files(out / "videos", {f"{i:03d}_{k:02d}.mp4": res["mp4"]})
                     row = {"prompt": prompt, "seed": seed, "path": str(path)}
@@ -210,13 +211,3 @@ def _run(cfg: GenerateConfig, job) -> dict:
                "weights": list(weights), "guidance_scale": cfg.guidance_scale, "guide": guide,
                "sampler": where["sampler"], "sampler_worker": where}
     return job.complete(summary)
-
-
-def _get(ref, timeout_s: float, what: str):
-    """``ray.get(ref)`` within ``timeout_s`` seconds, else TimeoutError naming ``what``."""
-    import ray
-
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError as exc:
-        raise TimeoutError(f"waited {timeout_s:g} s for {what} (--sample-timeout-s)") from exc
