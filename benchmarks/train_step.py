@@ -81,8 +81,8 @@ def plain_loop(out: Path, steps: int, micro_batch: int) -> float:
     preset = PRESETS[cfg.preset]
     loop = LoopConfig(
         model_dir=str(model_dir), objective="dpo", finetune="lora", lora_rank=preset.lora_rank,
-        lora_alpha=2.0 * preset.lora_rank, lr=preset.lr, grad_clip=cfg.grad_clip, beta=cfg.beta,
-        beta_schedule=cfg.beta_schedule, t_sampling=cfg.t_sampling, logit_mean=cfg.logit_mean,
+        lora_alpha=2.0 * preset.lora_rank, lr=preset.lr, grad_clip=cfg.grad_clip, 
+        objective_args={"beta": cfg.beta, "beta_schedule": cfg.beta_schedule}, t_sampling=cfg.t_sampling, logit_mean=cfg.logit_mean,
         logit_std=cfg.logit_std, t_shift=cfg.t_shift, micro_batch=micro_batch, grad_accum=1, zero_stage=0,
         bf16=False, max_steps=steps, checkpoint_every=steps, log_every=1, seed=cfg.seed, mlflow_tracking_uri="",
         mlflow_run_id="", fault_marker="")

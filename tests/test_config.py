@@ -37,7 +37,7 @@ def test_bool_flag(tmp_path):
 
 def test_reference_weights_only_with_the_dpo_objective():
     assert resolve_config(FlowDPOConfig, ["--reference-weights", "/r/final"]).reference_weights == "/r/final"
-    with pytest.raises(ConfigError, match="reference_weights sets the Flow-DPO reference; objective 'sft'"):
+    with pytest.raises(ConfigError, match="reference_weights sets the reference model; objective 'sft'"):
         resolve_config(FlowDPOConfig, ["--reference-weights", "/r/final", "--objective", "sft"])
 
 

@@ -13,12 +13,14 @@ from videoalign_ray.flow.train_loop import LoopConfig, compute_loss
 def _cfg(**kw):
     base = dict(
         model_dir="", objective="dpo", finetune="lora", lora_rank=4, lora_alpha=8.0, lr=1e-3, weight_decay=0.0,
-        grad_clip=1.0, beta=500.0, beta_schedule="constant", t_sampling="uniform", logit_mean=0.0, logit_std=1.0,
+        grad_clip=1.0, t_sampling="uniform", logit_mean=0.0, logit_std=1.0,
         t_shift=1.0, micro_batch=2, grad_accum=1, zero_stage=0, bf16=False, max_steps=1, checkpoint_every=1,
         log_every=1, seed=0, mlflow_tracking_uri="", mlflow_run_id="", fault_marker="",
     )
+    args = {"beta": 500.0, "beta_schedule": "constant", "rwr_tau": 1.0, "rwr_normalize": "none"}
+    args.update({k: kw.pop(k) for k in list(kw) if k in args})  # the objectives' section values
     base.update(kw)
-    return LoopConfig(**base)
+    return LoopConfig(**base, objective_args=args)
 
 
 @pytest.fixture()

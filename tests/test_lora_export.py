@@ -158,7 +158,7 @@ def test_reference_previous_equals_the_initial_policy_so_the_first_loss_is_log2(
     base, final = published
     cfg = LoopConfig(
         model_dir=str(base), objective="dpo", finetune="lora", lora_rank=RANK, lora_alpha=ALPHA, lr=1e-3,
-        weight_decay=0.0, grad_clip=1.0, beta=500.0, beta_schedule="constant", t_sampling="uniform",
+        weight_decay=0.0, grad_clip=1.0, objective_args={"beta": 500.0, "beta_schedule": "constant"},  t_sampling="uniform",
         logit_mean=0.0, logit_std=1.0, t_shift=1.0, micro_batch=2, grad_accum=1, zero_stage=0, bf16=False,
         max_steps=1, checkpoint_every=1, log_every=1, seed=0, mlflow_tracking_uri="", mlflow_run_id="",
         fault_marker="", init_adapter=str(final / "adapter"), reference_adapter=str(final / "adapter"))

@@ -53,8 +53,8 @@ def test_gradient_checkpointing_keeps_loss_and_grads(tiny_model_dir):
     from videoalign_ray.flow.model import add_lora, load_transformer
     from videoalign_ray.flow.train_loop import LoopConfig, compute_loss
 
-    cfg = LoopConfig(model_dir="", objective="dpo", finetune="lora", lora_rank=4, lora_alpha=8.0, beta=500.0,
-                     beta_schedule="constant", t_sampling="uniform", logit_mean=0.0, logit_std=1.0, t_shift=1.0,
+    cfg = LoopConfig(model_dir="", objective="dpo", finetune="lora", lora_rank=4, lora_alpha=8.0, objective_args={"beta": 500.0, "beta_schedule": "constant"},
+                      t_sampling="uniform", logit_mean=0.0, logit_std=1.0, t_shift=1.0,
                      lr=1e-3, grad_clip=1.0, micro_batch=2, grad_accum=1, zero_stage=0, bf16=False, max_steps=1,
                      checkpoint_every=1, log_every=1, seed=0, mlflow_tracking_uri="", mlflow_run_id="", fault_marker="")
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
 
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
     cfg = LoopConfig(model_dir=sys.argv[1], objective="dpo", finetune="full", lora_rank=4, lora_alpha=8.0,
-                     lr=1e-3, weight_decay=0.0, grad_clip=1.0, beta=500.0, beta_schedule="constant",
+                     lr=1e-3, weight_decay=0.0, grad_clip=1.0, objective_args={"beta": 500.0, "beta_schedule": "constant"}, 
                      t_sampling="uniform", logit_mean=0.0, logit_std=1.0, t_shift=1.0, micro_batch=2, grad_accum=1,
                      zero_stage=0, bf16=True, max_steps=1, checkpoint_every=1, log_every=1, seed=0,
                      mlflow_tracking_uri="", mlflow_run_id="", fault_marker="")

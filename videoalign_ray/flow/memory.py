@@ -130,7 +130,7 @@ def dpo_step_config(micro_batch: int, lora_rank: int | None, zero_stage: int = 2
     from videoalign_ray.flow.train_loop import LoopConfig
 
     return LoopConfig(model_dir="", objective="dpo", finetune="lora" if lora_rank else "full", lora_rank=lora_rank or 0,
-                      lora_alpha=2.0 * (lora_rank or 0), beta=500.0, beta_schedule="constant", t_sampling="uniform",
+                      lora_alpha=2.0 * (lora_rank or 0), objective_args={"beta": 500.0, "beta_schedule": "constant"},  t_sampling="uniform",
                       logit_mean=0.0, logit_std=1.0, t_shift=1.0, lr=1e-5, grad_clip=1.0, micro_batch=micro_batch,
                       grad_accum=1, zero_stage=zero_stage, bf16=True, max_steps=1, checkpoint_every=1, log_every=1,
                       seed=0, mlflow_tracking_uri="", mlflow_run_id="", fault_marker="")

@@ -1,5 +1,5 @@
-"""The Ray Train per-worker loop for flow-matching alignment: Flow-DPO, Flow-RWR and SFT (RWR with w = 1)
-in one loop, the objective chosen by config.
+"""The Ray Train per-worker loop for flow-matching alignment: every offline objective (Flow-DPO, Flow-RWR, SFT,
+pre-training; :mod:`videoalign_ray.flow.objectives`) in one loop, the objective chosen by name.
 
 Each worker reads its own pre-split shard (``get_dataset_shard(f"shard_{rank}")``) of key rows and loads the
 latents of its micro-batches from the cache (``cache_dir``; prefetched on a thread), so the pairs a rank
@@ -10,21 +10,13 @@ would have seen. Noise and timesteps come from a generator seeded by (seed, step
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from videoalign_ray.flow.clips import common_frames
-from videoalign_ray.flow.losses import flow_dpo_loss, flow_rwr_loss, per_sample_mse
-from videoalign_ray.flow.schedule import add_noise, sample_t, to_model_timestep, velocity_target
+from videoalign_ray.flow.objectives.base import LossContext
+from videoalign_ray.flow.objectives.registry import get_objective
 from videoalign_ray.runtime.driver import LoopCommon
-
-METRIC_KEYS = {
-    "dpo": ("loss", "implicit_acc", "inside_mean", "chosen_gap", "rejected_gap", "kl_proxy"),
-    "rwr": ("loss", "weight_mean", "weight_max", "reward_mean"),
-    "sft": ("loss",),
-    "pretrain": ("loss",),
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,18 +24,15 @@ class LoopConfig(LoopCommon):
     """Everything a Flow-DPO / SFT / pre-training worker needs; plain values so it crosses processes as a dict."""
 
     model_dir: str
-    objective: str  # "dpo" | "rwr" (both videos, reward-weighted) | "sft" (chosen only) | "pretrain" (both, w = 1)
+    objective: str  # a registered objective's name (flow/objectives/registry.py)
     finetune: str  # "lora" | "full"
     lora_rank: int
     lora_alpha: float
-    beta: float
-    beta_schedule: str
     t_sampling: str
     logit_mean: float
     logit_std: float
     t_shift: float
-    rwr_tau: float = 1.0
-    rwr_normalize: str = "none"
+    objective_args: dict = field(default_factory=dict)  # the objective's section values (Objective.args)
     init_adapter: str | None = None  # an adapter/ folder the LoRA starts from (online rounds); None: B = 0
     reference_adapter: str | None = None  # DPO reference = base + this adapter (merged, frozen copy); None: base
     val_pairs: int = 0  # validation pairs in the "val" dataset (0: no held-out evaluation)
@@ -68,9 +57,9 @@ def _build_model(cfg: LoopConfig):
         add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
         if cfg.init_adapter:
             _load_init_adapter(policy, cfg)
-    elif cfg.objective == "dpo":  # full fine-tuning: a frozen copy is the reference
+    elif get_objective(cfg.objective).uses_reference:  # full fine-tuning: a frozen copy is the reference
         reference = load_transformer(cfg.model_dir).eval().requires_grad_(False)
-    if cfg.reference_adapter and cfg.objective == "dpo":
+    if cfg.reference_adapter and get_objective(cfg.objective).uses_reference:
         # reference = an earlier policy (online --reference previous): a frozen copy of the base with that
         # adapter folded in; costs one more copy of the base weights in the compute dtype.
         from pathlib import Path
@@ -88,64 +77,17 @@ def _build_model(cfg: LoopConfig):
     return policy, reference
 
 
-def _velocity(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    return model(hidden_states=x_t, timestep=to_model_timestep(t), encoder_hidden_states=text, return_dict=False)[0]
-
-
 def compute_loss(engine, reference, batch: dict, cfg: LoopConfig, gen: torch.Generator, device, dtype):
-    """One micro-batch: shared t and eps per pair, policy vs reference errors, Flow-DPO (or SFT) loss.
+    """One micro-batch of ``cfg.objective``'s loss: ``(scalar loss, detached metrics)``.
 
     ``engine`` is the DeepSpeed engine (or the bare model); ``reference`` a frozen copy, or None for LoRA,
-    where the reference is the same network with its adapters disabled. ``batch``: ``chosen`` /
-    ``rejected`` latents ``(B, C, F, h, w)`` and ``prompt_embeds`` ``(B, L, D)`` (RWR also ``reward_chosen``
-    / ``reward_rejected`` ``(B,)``). ``gen`` draws ``t`` (B,) and then ``eps`` (B, C, F, h, w), in that order
-    (then a second ``t`` and ``eps`` for the rejected videos in ``pretrain`` / ``rwr``).
+    where the reference is the same network with its adapters disabled. ``batch``: the objective's columns
+    (``chosen`` / ``rejected`` latents ``(B, C, F, h, w)``, ``prompt_embeds`` ``(B, L, D)``, RWR's
+    ``reward_chosen`` / ``reward_rejected`` ``(B,)``); ``gen`` draws the micro-batch's timesteps and noise.
     """
-    module = getattr(engine, "module", engine)
-    batch = common_frames(batch)  # clips trimmed to different lengths: the micro-batch's shortest
-    x_w = batch["chosen"].to(device=device, dtype=torch.float32)
-    x_l = batch["rejected"].to(device=device, dtype=torch.float32)
-    text = batch["prompt_embeds"].to(device=device, dtype=dtype)
-    b = x_w.shape[0]
-    t = sample_t(b, mode=cfg.t_sampling, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.t_shift,
-                 generator=gen).to(device)
-    eps = torch.randn(x_w.shape, generator=gen).to(device)
-    if cfg.objective in ("sft", "pretrain", "rwr"):
-        x0 = x_w
-        if cfg.objective in ("pretrain", "rwr"):  # every video is a training sample, good or bad
-            t2 = sample_t(b, mode=cfg.t_sampling, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
-                          shift=cfg.t_shift, generator=gen).to(device)
-            eps2 = torch.randn(x_l.shape, generator=gen).to(device)
-            x0, t, eps, text = torch.cat([x_w, x_l]), torch.cat([t, t2]), torch.cat([eps, eps2]), torch.cat([text, text])
-        pred = _velocity(engine, add_noise(x0, eps, t).to(dtype), t.to(dtype), text)
-        if cfg.objective == "rwr":
-            rewards = torch.cat([batch["reward_chosen"], batch["reward_rejected"]]).float()
-            loss, metrics = flow_rwr_loss(pred, velocity_target(x0, eps), rewards, tau=cfg.rwr_tau,
-                                          normalize=cfg.rwr_normalize)
-            metrics["loss"] = loss.detach()
-            return loss, metrics
-        loss = per_sample_mse(pred, velocity_target(x0, eps)).mean()
-        return loss, {"loss": loss.detach()}
-    x_t = torch.cat([add_noise(x_w, eps, t), add_noise(x_l, eps, t)]).to(dtype)
-    tt = torch.cat([t, t]).to(dtype)
-    target = torch.cat([velocity_target(x_w, eps), velocity_target(x_l, eps)])
-    text2 = torch.cat([text, text])
-    with torch.no_grad():
-        if reference is None:  # LoRA: the reference is the same network with its adapters disabled
-            module.disable_adapters()
-            try:
-                ref_pred = _velocity(engine, x_t, tt, text2)
-            finally:
-                module.enable_adapters()
-        else:
-            ref_pred = _velocity(reference, x_t, tt, text2)
-    pred = _velocity(engine, x_t, tt, text2)
-    pol_err, ref_err = per_sample_mse(pred, target), per_sample_mse(ref_pred, target)
-    loss, metrics = flow_dpo_loss(
-        pol_err[:b], pol_err[b:], ref_err[:b], ref_err[b:], beta=cfg.beta, t=t, beta_schedule=cfg.beta_schedule
-    )
-    metrics["loss"] = loss.detach()
-    return loss, metrics
+    ctx = LossContext(engine=engine, reference=reference, loop=cfg, args=cfg.objective_args, device=device,
+                      dtype=dtype)
+    return get_objective(cfg.objective).loss(ctx, batch, gen)
 
 
 def _load_init_adapter(policy, cfg: LoopConfig) -> None:
@@ -189,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
         return compute_loss(engine, reference, batch, cfg, gen, device, dtype)
 
     run_steps(
-        cfg.driver_spec(cfg.objective), engine, loss_fn, METRIC_KEYS[cfg.objective], lora=cfg.finetune == "lora",
+        cfg.driver_spec(cfg.objective), engine, loss_fn, get_objective(cfg.objective).metric_keys, lora=cfg.finetune == "lora",
         adapter_config={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "finetune": cfg.finetune,
                         "base_model": cfg.model_dir},
         validate_fn=_make_validate(cfg, engine, reference, loss_fn, device) if cfg.val_pairs else None,
@@ -216,7 +158,7 @@ def _make_validate(cfg: LoopConfig, engine, reference, loss_fn, device):
     rows = [load_row(r, cache) for i, r in enumerate(keyed) if i % world == rank]
     padding = rows or [load_row(keyed[0], cache)]
     num_batches = math.ceil(math.ceil(len(keyed) / world) / cfg.micro_batch)
-    keys = METRIC_KEYS[cfg.objective]
+    keys = get_objective(cfg.objective).metric_keys
     module = getattr(engine, "module", engine)
     # ZeRO-3 partitions the weights: every rank must run the sampler's forwards; otherwise rank 0 alone samples
     samples = (_ValidationSamples(cfg, device, tuple(padding[0]["chosen"].shape), write=rank == 0)

@@ -18,6 +18,9 @@ from pydantic import Field, model_validator
 
 from videoalign_ray.data.ingest import load_pairs_ray
 from videoalign_ray.data.io import LoadResult, check_reject_budget, write_rejects
+from videoalign_ray.flow.objectives.dpo import DPOSection
+from videoalign_ray.flow.objectives.registry import get_objective, objective_names
+from videoalign_ray.flow.objectives.rwr import RWRSection
 from videoalign_ray.runtime.fileio import atomic_dir, resolve_cache_dir
 from videoalign_ray.runtime.job import job_run
 from videoalign_ray.sections import (
@@ -33,26 +36,23 @@ from videoalign_ray.sections import (
 log = logging.getLogger(__name__)
 
 
-class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection, SamplingSection):
-    """Config of ``jobs/flow_dpo.py`` (every key settable in YAML and as ``--kebab-case`` flag)."""
+_OFFLINE = Literal[objective_names("offline")]  # type: ignore[valid-type]  # the registered offline objectives
+
+
+class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection, SamplingSection, DPOSection, RWRSection):
+    """Config of ``jobs/flow_dpo.py`` (every key settable in YAML and as ``--kebab-case`` flag); each objective's
+    own knobs come from its section (``flow/objectives/<name>.py``)."""
 
     output_dir: str = Field("outputs/flow_dpo", description="Checkpoints, caches, rejects.csv, MLflow store.")
-    objective: Literal["dpo", "rwr", "sft", "pretrain"] = Field(
+    objective: _OFFLINE = Field(
         "dpo", description="dpo: Flow-DPO; rwr: Flow-RWR on every video, weighted by its reward; sft: flow "
-        "matching on chosen only (w = 1); pretrain: on every video (w = 1).",
+        "matching on chosen only (w = 1); pretrain: on every video (w = 1). Registered in "
+        "videoalign_ray/flow/objectives/registry.py.",
     )
     reward_checkpoint: str | None = Field(
         None, description="RWR: score the videos with this VideoReward checkpoint (default: the MOS columns)."
     )
     reward_weights: Weights = Field("1,1,1", description="RWR: weights of normalised VQ,MQ,TA in the reward mean.")
-    rwr_tau: float = Field(1.0, gt=0, description="RWR: w = exp(r / tau).")
-    rwr_normalize: Literal["none", "batch_softmax"] = Field(
-        "none", description="RWR: none = exp(r/tau) as in the paper; batch_softmax = B * softmax(r/tau)."
-    )
-    beta: float = Field(500.0, gt=0, description="Flow-DPO beta (paper: 500 with per-sample mean error).")
-    beta_schedule: Literal["constant", "time_dependent"] = Field(
-        "constant", description="time_dependent = beta*(1-t)^2, an ablation that reward-hacks (paper Tab. 3/4)."
-    )
     t_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="Training timestep distribution.")
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -88,8 +88,8 @@ class FlowDPOConfig(RuntimeSection, DataSection, ModelSection, TrainSection, Sam
 
     @model_validator(mode="after")
     def _reference_weights_need_dpo(self):
-        if self.reference_weights and self.objective != "dpo":
-            raise ValueError(f"reference_weights sets the Flow-DPO reference; objective {self.objective!r} has none")
+        if self.reference_weights and not get_objective(self.objective).uses_reference:
+            raise ValueError(f"reference_weights sets the reference model; objective {self.objective!r} has none")
         return self
 
 
@@ -98,7 +98,7 @@ class FlowRWRConfig(FlowDPOConfig):
     (``--objective sft`` gives the SFT baseline from the same job)."""
 
     output_dir: str = Field("outputs/flow_rwr", description="Checkpoints, caches, rejects.csv, MLflow store.")
-    objective: Literal["dpo", "rwr", "sft", "pretrain"] = Field("rwr", description="rwr (default) or sft.")
+    objective: _OFFLINE = Field("rwr", description="rwr (default) or sft.")
 
 
 def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
@@ -106,7 +106,7 @@ def _load_data(cfg: FlowDPOConfig, out: Path) -> LoadResult:
 
     data = Path(cfg.data) if cfg.data else make_preference_dataset(out / "builtin_data", seed=cfg.seed)
     # RWR trains on every video (A and B of each row, each with its own reward), whatever the labels say.
-    return load_pairs_ray(data, cfg.dimension, keep_ties=cfg.objective == "rwr")
+    return load_pairs_ray(data, cfg.dimension, keep_ties=get_objective(cfg.objective).keep_ties)
 
 
 def _rwr_extras(cfg: FlowDPOConfig, loaded: LoadResult) -> dict:
@@ -159,8 +159,8 @@ def _validation_data(cfg: FlowDPOConfig, spec, out: Path, tracker):
     from videoalign_ray.errors import DataError
     from videoalign_ray.flow.pipeline import encode_pairs
 
-    loaded = load_pairs_ray(Path(cfg.val_data), cfg.dimension, keep_ties=cfg.objective == "rwr")
-    extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
+    loaded = load_pairs_ray(Path(cfg.val_data), cfg.dimension, keep_ties=get_objective(cfg.objective).keep_ties)
+    extras = _rwr_extras(cfg, loaded) if get_objective(cfg.objective).needs_rewards else None
     encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
     rejects = loaded.rejects + (encoded.rejects if encoded else [])
     tracker.log_artifact(write_rejects(out / "val_rejects.csv", rejects))
@@ -281,7 +281,8 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     num_frames, height, width = cfg.num_frames, cfg.height, cfg.width
 
     loaded = _load_data(cfg, out)
-    extras = _rwr_extras(cfg, loaded) if cfg.objective == "rwr" else None
+    objective = get_objective(cfg.objective)
+    extras = _rwr_extras(cfg, loaded) if objective.needs_rewards else None
     spec = encode_spec(cfg, model_dir, out, use_gpu, bf16)
     encoded = encode_pairs(loaded.pairs, spec, extras) if loaded.pairs else None
     val, val_prompts = _validation_data(cfg, spec, out, tracker) if cfg.val_data else (None, [])
@@ -306,14 +307,13 @@ def _run(cfg: FlowDPOConfig, job) -> dict:
     loop_cfg = LoopConfig(
         model_dir=str(model_dir), objective=cfg.objective, finetune=cfg.finetune, lora_rank=lora_rank,
         lora_alpha=cfg.lora_alpha, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip, beta=cfg.beta, beta_schedule=cfg.beta_schedule, t_sampling=cfg.t_sampling,
+        grad_clip=cfg.grad_clip, objective_args=objective.args(cfg), t_sampling=cfg.t_sampling,
         logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, t_shift=cfg.t_shift, micro_batch=micro_batch,
         grad_accum=grad_accum, zero_stage=cfg.zero_stage, bf16=bf16, max_steps=cfg.max_steps,
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed,
         mlflow_tracking_uri=job.tracking_uri, mlflow_run_id=tracker.run_id, fault_marker=str(out / ".fault_injected"),
         fail_at_step=cfg.fail_at_step, warmup_steps=cfg.warmup_steps,
-        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, rwr_tau=cfg.rwr_tau,
-        rwr_normalize=cfg.rwr_normalize, init_adapter=_init_adapter(cfg.init_weights),
+        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, init_adapter=_init_adapter(cfg.init_weights),
         reference_adapter=_init_adapter(cfg.reference_weights, "--reference-weights"),
         gradient_checkpointing=checkpointing, cache_dir=spec.cache_dir, job_started_unix=job.started_unix,
         eval_every=(cfg.eval_every or cfg.checkpoint_every) if val else 0, val_pairs=val.count() if val else 0,

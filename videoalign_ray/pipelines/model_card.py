@@ -9,8 +9,6 @@ from typing import Any
 
 import yaml
 
-OBJECTIVE_NAMES = {"dpo": "Flow-DPO", "rwr": "Flow-RWR", "sft": "SFT (flow matching on chosen videos)",
-                   "pretrain": "flow-matching pre-training"}
 CARD_KEYS = ("objective", "dimension", "beta", "beta_schedule", "rwr_tau", "rwr_normalize", "reward_weights",
              "finetune", "lora_rank", "lora_alpha", "lr", "lr_schedule", "warmup_steps", "max_steps", "batch_size",
              "global_batch", "num_workers", "zero_stage", "precision", "t_sampling", "t_shift", "num_frames",
@@ -27,7 +25,10 @@ def model_card_text(config: dict[str, Any], base_model: str, data: str, pairs: i
                     metrics: dict[str, float], lora: bool) -> str:
     """Markdown model card for ``final/``: ``config`` is the run's effective flat config, ``data`` the table it
     trained on (or a description of the built-in data), ``metrics`` the last logged training metrics."""
-    objective = OBJECTIVE_NAMES.get(config.get("objective", ""), config.get("objective", "?"))
+    from videoalign_ray.flow.objectives.registry import get_objective, objective_names
+
+    name = config.get("objective", "?")
+    objective = get_objective(name).title if name in objective_names() else name
     front = {"base_model": base_model, "library_name": "diffusers" if lora else "videoalign-ray",
              "pipeline_tag": "text-to-video",
              "tags": ["videoalign-ray", "text-to-video", "lora" if lora else "full-fine-tune",
