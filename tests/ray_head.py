@@ -24,8 +24,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int, **env_extra: str) -> Iterator[dict]:
-    """Start a head node with ``num_cpus`` on 127.0.0.1 (free GCS and dashboard ports) and stop it after.
+def ray_head(num_cpus: int, num_gpus: int = 0, **env_extra: str) -> Iterator[dict]:
+    """Start a head node with ``num_cpus`` (and ``num_gpus`` logical GPUs) on 127.0.0.1 (free GCS and dashboard ports) and stop it after.
 
     Yields ``{"env", "gcs", "dash"}``: the environment to run the CLI and jobs with (``RAY_TMPDIR`` private,
     so its address file is the one jobs find; no ``RAY_ADDRESS``), the GCS address and the dashboard URL.
@@ -38,7 +38,7 @@ def ray_head(num_cpus: int, **env_extra: str) -> Iterator[dict]:
     # worker included), so the teardown signals this group only (head, dashboard, raylet and its workers).
     starter = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
          # the job agent's HTTP port is fixed (52365) by default: a second Ray on the machine (the other
          # pytest-xdist worker's) that holds it leaves this head without a job agent ("No available agent")
          "--dashboard-agent-listen-port", str(agent),

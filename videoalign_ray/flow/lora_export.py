@@ -27,17 +27,29 @@ def write_published_lora(state: dict[str, torch.Tensor], rank: int, alpha: float
     float32 tensors) into ``target`` as ``pytorch_lora_weights.safetensors`` (diffusers) and ``adapter/``
     (peft). ``target`` must exist; write it inside an atomic folder."""
     from diffusers import WanPipeline
-    from safetensors.torch import save_file
 
     config = lora_config(rank, alpha)
     config.base_model_name_or_path = base_model
     WanPipeline.save_lora_weights(
         target, transformer_lora_layers=state, transformer_lora_adapter_metadata=_jsonable(config.to_dict()),
         safe_serialization=True)
+    write_adapter(state, rank, alpha, target, base_model)
+
+
+def write_adapter(state: dict[str, torch.Tensor], rank: int, alpha: float, target: Path,
+                  base_model: str | None = None) -> Path:
+    """Write ``state`` (injected-model keys, float32) as peft's ``target/adapter/`` (``adapter_model.safetensors``
+    with ``base_model.model.`` keys + ``adapter_config.json``), what :func:`read_adapter_state` and
+    ``flow.generator.load_policy`` read; no diffusers import. Returns the ``adapter/`` folder."""
+    from safetensors.torch import save_file
+
+    config = lora_config(rank, alpha)
+    config.base_model_name_or_path = base_model
     adapter = target / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
     save_file({PEFT_PREFIX + k: v.contiguous() for k, v in state.items()}, str(adapter / "adapter_model.safetensors"))
     (adapter / "adapter_config.json").write_text(json.dumps(_jsonable(config.to_dict()), indent=2))
+    return adapter
 
 
 def read_adapter_state(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], int, float]:

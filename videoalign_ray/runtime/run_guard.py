@@ -53,7 +53,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     # a resumed run continues up to max_steps (TrainSection)
     "max_steps",
     # test hooks
-    "fail_at_step", "fail_generator_on",
+    "fail_at_step", "fail_generator_on", "fail_at_round",
 })
 """Config keys whose value cannot change what a resumed run produces; every ``*_timeout_s`` key counts too."""
 

@@ -1,0 +1,152 @@
+"""``jobs/online_grpo.py``: Flow-GRPO on the colocated worker group (Liu et al. 2025, arXiv 2505.05470).
+
+One group of workers (one per GPU, placed once) holds the policy for the whole job; each round they sample K
+videos per prompt with SDE steps in a window (Flow-GRPO-Fast), the ground-truth reward of the synthetic world
+scores them (weighted VQ/MQ/TA), advantages are normalised per prompt, and the same workers take the clipped
+policy-gradient steps. Rerunning the same command resumes after the newest finished round.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field
+
+from videoalign_ray.flow.objectives.grpo import GRPOSection
+from videoalign_ray.runtime.job import job_run
+from videoalign_ray.sections import ModelSection, RuntimeSection, Weights, parse_weights
+
+log = logging.getLogger(__name__)
+
+
+class OnlineGRPOConfig(RuntimeSection, ModelSection, GRPOSection):
+    """Config of ``jobs/online_grpo.py``."""
+
+    output_dir: str = Field("outputs/online_grpo", description="samples/, rounds/ (policy and optimizer per "
+                            "round), MLflow store.")
+    preset: Literal["tiny-world"] = Field("tiny-world", description="Generator preset: the tiny base pre-trained "
+                                          "on the synthetic world (its ground truth is the reward).")
+    rounds: int = Field(4, ge=1, description="Rounds of sample -> reward -> advantage -> train.")
+    prompts_per_round: int = Field(8, ge=1, description="Prompt groups per round, drawn from the world's train prompts.")
+    samples_per_prompt: int = Field(4, ge=2, description="K samples per prompt (the group of the advantage).")
+    num_workers: int = Field(2, ge=1, description="Colocated workers (one GPU each on a GPU cluster): each samples "
+                             "and trains.")
+    sample_steps: int = Field(8, ge=2, description="Denoising steps per sample.")
+    sample_shift: float = Field(1.0, gt=0, description="Timestep shift of the sampling schedule.")
+    sde_window: int = Field(2, ge=1, description="SDE steps per sample, the only steps trained on (Flow-GRPO-Fast); "
+                            ">= sample-steps - 1: every step (Flow-GRPO).")
+    sde_window_start: int | None = Field(None, ge=0, description="First SDE step; default: drawn per round.")
+    updates_per_round: int = Field(2, ge=1, description="Optimizer steps per round (the first exactly on-policy).")
+    micro_batch: int | None = Field(None, ge=1, description="Samples per forward in training; default: "
+                                    "--samples-per-prompt, the sampling batch (the first update's importance ratios "
+                                    "are then exactly 1: the same forward, bit for bit).")
+    reward_weights: Weights = Field("1,1,1", description="Weights of the ground-truth VQ,MQ,TA in the reward.")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate of the LoRA.")
+    lora_rank: int = Field(8, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_samples_per_prompt: int = Field(2, ge=0, description="Held-out samples per world prompt: the final policy "
+                                         "vs the base by ground truth, after the workers are released (0: off).")
+    start_timeout_s: float = Field(600.0, gt=0, description="Seconds for the worker group to be placed and loaded.")
+    sample_timeout_s: float = Field(1800.0, gt=0, description="Seconds one round's sampling may take.")
+    train_timeout_s: float = Field(1800.0, gt=0, description="Seconds one round's training may take.")
+    fail_at_round: int | None = Field(None, json_schema_extra={"test_hook": True},
+                                      description="Test hook: the driver exits after this round's samples.")
+
+
+def run_online_grpo(cfg: OnlineGRPOConfig) -> dict:
+    """Run (or resume) every round; returns the summary (also ``<output_dir>/summary.json``).
+
+    Raises:
+        TimeoutError: the worker group was not placed or a round did not finish in time (names which).
+    """
+    with job_run(cfg, start_ray=True) as job:
+        return _run(cfg, job)
+
+
+def _run(cfg: OnlineGRPOConfig, job) -> dict:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+    from videoalign_ray.flow.objectives.grpo import group_advantages
+    from videoalign_ray.flow.objectives.registry import get_objective
+    from videoalign_ray.online.colocated import WorkerGroup
+    from videoalign_ray.online.colocated_rounds import ColocatedRounds, RoundPlan
+    from videoalign_ray.online.policy_worker import PolicySpec
+    from videoalign_ray.online.selection import weighted_reward
+    from videoalign_ray.pipelines.model_card import base_model_name
+    from videoalign_ray.runtime.placement import use_gpu_default
+    from videoalign_ray.synthetic.world import split_scenes
+
+    preset = PRESETS[cfg.preset]
+    model_dir = resolve_model_dir(cfg.preset, cfg.model_path, job.out, cfg.seed)
+    train_scenes, held = split_scenes(seed=cfg.seed)
+    weights = parse_weights(cfg.reward_weights)
+    use_gpu = use_gpu_default(None)
+    spec = PolicySpec(
+        model_dir=str(model_dir), samples_dir=str(job.out / "samples"), max_text_tokens=preset.max_text_tokens,
+        num_frames=cfg.num_frames or preset.num_frames, height=cfg.height or preset.height,
+        width=cfg.width or preset.width, fps=preset.fps, objective="grpo",
+        objective_args=get_objective("grpo").args(cfg), sample_steps=cfg.sample_steps, sample_shift=cfg.sample_shift,
+        lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank, lr=cfg.lr, grad_clip=cfg.grad_clip,
+        micro_batch=cfg.micro_batch or cfg.samples_per_prompt, seed=cfg.seed)
+
+    def reward(records):
+        return [weighted_reward(np.array([[s["ground_truth"][d] for d in ("VQ", "MQ", "TA")] for s in rec["samples"]]),
+                                weights) for rec in records]
+
+    def advantage(rewards):
+        import torch
+
+        return group_advantages(torch.as_tensor(rewards)).numpy()
+
+    plan = RoundPlan(
+        prompts=tuple(s.prompt for s in train_scenes), prompts_per_round=cfg.prompts_per_round,
+        samples_per_prompt=cfg.samples_per_prompt, sample_steps=cfg.sample_steps, sde_window=cfg.sde_window,
+        sde_window_start=cfg.sde_window_start, updates=cfg.updates_per_round, seed=cfg.seed, reward=reward,
+        advantage=advantage, scenes={s.prompt: asdict(s) for s in train_scenes},
+        sample_timeout_s=cfg.sample_timeout_s, train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
+    group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=use_gpu, start_timeout_s=cfg.start_timeout_s)
+    history, start = [], None
+    try:
+        workers = group.start()
+        job.mark("workers")
+        rounds = ColocatedRounds(group, plan, job.out, job.tracker, base_model_name(cfg.preset, cfg.model_path))
+        start = rounds.resume()
+        history = [_load_summary(job.out, r) for r in range(1, start + 1)]
+        for r in range(start + 1, cfg.rounds + 1):
+            history.append(rounds.run_round(r))
+        rounds.flush()
+    finally:
+        group.close()
+    heldout = _evaluate(cfg, model_dir, history[-1]["policy"], held, preset, use_gpu) if history else None
+    ran = [h for h in history if h["round"] > (start or 0)]
+    summary = {"rounds": history, "resumed_after_round": start, "final_policy": history[-1]["policy"],
+               "workers": workers, "placement": "colocated", "heldout": heldout,
+               "gpu_idle_share": [h["gpu_idle_share"] for h in history],
+               "worker_group_starts": 1, "rounds_run": len(ran)}
+    return job.complete(summary)
+
+
+def _load_summary(out, r: int) -> dict:
+    import json
+
+    from videoalign_ray.online.colocated_rounds import round_dir
+
+    return json.loads((round_dir(out, r) / "summary.json").read_text())
+
+
+def _evaluate(cfg: OnlineGRPOConfig, model_dir, policy: str, held, preset, use_gpu: bool) -> dict | None:
+    """The final policy vs the base on the world's held-out prompts (ground truth, shared seeds, ODE sampling)."""
+    from videoalign_ray.synthetic.evaluate import Generator, compare_generators_remote
+
+    if cfg.eval_samples_per_prompt == 0:
+        return None
+    res = compare_generators_remote(
+        Generator(str(model_dir), policy), Generator(str(model_dir)), held, use_gpu=use_gpu,
+        samples_per_prompt=cfg.eval_samples_per_prompt, seed=cfg.seed + 7, num_frames=cfg.num_frames or preset.num_frames,
+        height=cfg.height or preset.height, width=cfg.width or preset.width, max_text_tokens=preset.max_text_tokens,
+        steps=cfg.sample_steps, shift=cfg.sample_shift)
+    return {k: res[k] for k in ("n", "win_rate", "policy_mean", "reference_mean", "worker")}
