@@ -79,3 +79,4 @@ def test_online_grpo_on_two_logical_gpus_resumes_after_a_driver_kill(tmp_path):
     assert new_round["gpu_idle_share"] < 0.25, new_round
     assert new_round["train"]["micro_batches"] > 0 and summary["heldout"]["n"] == 8  # 8 held-out prompts x 1
     assert summary["heldout"]["worker"]["gpu_ids"], "the evaluation ran on a (logical) GPU after the group left"
+

@@ -164,7 +164,8 @@ def test_driver_killed_in_generation_then_in_training_resumes_to_the_same_pairs(
 
 def test_a_job_that_cannot_place_its_training_workers_fails_in_bounded_time_with_a_message(cluster, tmp_path):
     """A plain `python jobs/online_dpo.py` (no RAY_ADDRESS) on a machine where someone ran `ray start --head`
-    joins that cluster (Ray's own rule: the latest `ray start`). It asks for 3 training workers of 1 CPU on this
+    joins that cluster (Ray's own rule: the latest `ray start`). In the separate placement it asks for 3 Ray Train
+    workers of 1 CPU on this
     2-CPU cluster, a placement Ray Train itself waits for forever. The job must say which cluster it joined and
     fail within its --train-timeout-s with an error that names the round and the free resources, leaving the
     round's pairs committed and no policy published."""
@@ -175,7 +176,7 @@ def test_a_job_that_cannot_place_its_training_workers_fails_in_bounded_time_with
     proc = subprocess.run(
         [sys.executable, "jobs/online_dpo.py", "--output-dir", str(out), "--prompts", str(prompts), "--rounds", "1",
          "--samples-per-prompt", "2", "--steps-per-round", "2", "--batch-size", "1", "--sample-steps", "4",
-         "--eval-samples-per-prompt", "0", "--num-workers", "3", "--train-timeout-s", "30"],
+         "--eval-samples-per-prompt", "0", "--num-workers", "3", "--train-timeout-s", "30", "--placement", "separate"],
         cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=330)
     took, err = time.monotonic() - start, proc.stderr
     assert proc.returncode != 0, err[-3000:]

@@ -18,12 +18,14 @@ class WorkerGroup:
 
     Args:
         spec: the workers' :class:`~videoalign_ray.online.policy_worker.PolicySpec`.
-        size: workers (GPUs). use_gpu: bundles hold a GPU each.
+        size: workers (GPUs). use_gpu: bundles hold a GPU each. gpu_per_worker: the share of its GPU a
+            worker holds (1 - the share a reward replica takes on the same GPU).
         start_timeout_s: seconds for the placement group to be placed and the workers to load and join.
     """
 
-    def __init__(self, spec, *, size: int, use_gpu: bool, start_timeout_s: float):
+    def __init__(self, spec, *, size: int, use_gpu: bool, start_timeout_s: float, gpu_per_worker: float = 1.0):
         self.spec, self.size, self.use_gpu, self.start_timeout_s = spec, size, use_gpu, start_timeout_s
+        self.gpu_per_worker = gpu_per_worker
         self.pg, self.workers, self.info = None, [], []
         self.started_at: float | None = None
 
@@ -41,7 +43,7 @@ class WorkerGroup:
         from videoalign_ray.online.policy_worker import PolicyWorker
         from videoalign_ray.runtime.launch import wait_all
 
-        bundle = {"GPU": 1, "CPU": 1} if self.use_gpu else {"CPU": 1}
+        bundle = {"GPU": self.gpu_per_worker, "CPU": 1} if self.use_gpu else {"CPU": 1}
         self.pg = placement_group([dict(bundle) for _ in range(self.size)], strategy="PACK")
         ready, _ = ray.wait([self.pg.ready()], timeout=self.start_timeout_s)
         if not ready:

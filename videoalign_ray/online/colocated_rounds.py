@@ -1,5 +1,5 @@
-"""Rounds of on-policy training on the colocated worker group: sample -> reward -> advantage -> train ->
-checkpoint, for any online objective (Flow-GRPO registers one), with the job's resume and GPU accounting.
+"""Rounds of on-policy training on the colocated worker group: sample -> reward -> select -> train -> checkpoint,
+for any objective with ``online_batches`` (Flow-GRPO: advantages; Flow-DPO: pairs), with resume and GPU accounting.
 
 What a rerun reuses: a round whose ``rounds/round-NNN/summary.json`` exists is done; the workers load the
 newest such round's ``policy/`` (LoRA adapter, safetensors) and ``optimizer.pt`` (AdamW state, loaded with
@@ -30,10 +30,12 @@ class RoundPlan:
     """How the driver runs a round (plain values).
 
     ``prompts``: the prompt pool; ``prompts_per_round`` of them per round (drawn with (seed, round)), each with
-    ``samples_per_prompt`` samples. ``reward(records) -> (G, K)`` weighted rewards; ``advantage(rewards) -> (G, K)``.
-    ``sde_window`` steps (start drawn per round unless ``sde_window_start``), ``updates`` optimizer steps per round.
+    ``samples_per_prompt`` samples. ``reward(r, records) -> (G, K, 3)`` (VQ, MQ, TA) rewards;
+    ``select(r, records, rewards) -> (items, stats)``: per prompt index the workers' training items (advantages,
+    pairs) and the round's numbers (``reward_mean``, pair counts, ...). ``sde_window`` SDE steps (0: ODE sampling;
+    start drawn per round unless ``sde_window_start``), ``updates`` optimizer steps per round.
     ``scenes``: prompt -> world scene dict (ground truth) or absent. ``fail_at_round``: test hook, the driver
-    exits hard after that round's samples are written.
+    exits hard after that round's samples are written and selected (pairs committed).
     """
 
     prompts: tuple[str, ...]
@@ -45,7 +47,7 @@ class RoundPlan:
     updates: int
     seed: int
     reward: Callable
-    advantage: Callable
+    select: Callable
     scenes: dict
     sample_timeout_s: float
     train_timeout_s: float
@@ -73,7 +75,7 @@ def round_tasks(plan: RoundPlan, r: int) -> tuple[list[dict], tuple[int, ...]]:
     gen = torch.Generator().manual_seed(sample_seed(plan.seed, r, -1, -1))
     n = len(plan.prompts)
     picks = sorted(torch.randperm(n, generator=gen)[: min(plan.prompts_per_round, n)].tolist())
-    window = sde_window(plan.sample_steps, plan.sde_window, plan.sde_window_start, gen)
+    window = sde_window(plan.sample_steps, plan.sde_window, plan.sde_window_start, gen) if plan.sde_window else ()
     tasks = [{"prompt_index": i, "prompt": plan.prompts[i], "scene": plan.scenes.get(plan.prompts[i]),
               "seeds": [sample_seed(plan.seed, r, i, k) for k in range(plan.samples_per_prompt)],
               "sde_seed": sample_seed(plan.seed, r, i, 1_000_000)} for i in picks]
@@ -116,32 +118,33 @@ class ColocatedRounds:
         per_worker = group.call("sample", [(r, s, window) for s in shares], f"round {r} sampling", plan.sample_timeout_s)
         seconds["sample"] = time.monotonic() - t
         records = sorted((rec for recs in per_worker for rec in recs), key=lambda x: x["prompt_index"])
-        if plan.fail_at_round == r:
-            self.flush()
-            log.warning("fail_at_round %d: the driver exits now (test hook)", r)
-            os._exit(3)
         t = time.monotonic()
-        rewards = np.asarray(plan.reward(records), dtype=np.float64)  # (G, K)
-        advantages = plan.advantage(rewards)
-        by_prompt = {rec["prompt_index"]: [float(a) for a in advantages[g]] for g, rec in enumerate(records)}
+        rewards = np.asarray(plan.reward(r, records), dtype=np.float64)  # (G, K, 3)
         seconds["reward"] = time.monotonic() - t
         t = time.monotonic()
-        metrics = group.call("train", [(r, {i: by_prompt[i] for i in (x["prompt_index"] for x in s)}, plan.updates)
-                                       for s in shares], f"round {r} training", plan.train_timeout_s)
+        items, stats = plan.select(r, records, rewards)
+        seconds["select"] = time.monotonic() - t
+        if plan.fail_at_round == r:
+            self.flush()
+            log.warning("fail_at_round %d: the driver exits now, after sampling and selection (test hook)", r)
+            os._exit(3)
+        t = time.monotonic()
+        metrics = group.call("train", [(r, {i: items[i] for i in (x["prompt_index"] for x in s) if i in items},
+                                        plan.updates) for s in shares], f"round {r} training", plan.train_timeout_s)
         seconds["train"] = time.monotonic() - t
         state = group.call_first("state", (), f"round {r} policy state", plan.train_timeout_s)
         busy = sum(m["busy_s"] for m in metrics) - busy0
         reserved = group.reserved_s - reserved0
-        summary = {"round": r, "prompts": len(tasks), "samples": int(rewards.size), "sde_steps": list(window),
-                   "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                   "ground_truth_mean": _ground_truth_means(records),
+        summary = {"round": r, "prompts": len(tasks), "samples": int(rewards.shape[0] * rewards.shape[1]),
+                   "sde_steps": list(window), **stats, "ground_truth_mean": _ground_truth_means(records),
                    "train": {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "busy_s"},
                    "seconds": {**seconds, "round": time.monotonic() - t0},
                    "gpu_seconds_reserved": reserved, "gpu_seconds_busy": busy,
                    "gpu_idle_share": max(0.0, 1.0 - busy / reserved) if reserved > 0 else None,
                    "policy": str(round_dir(self.out, r) / "policy")}
         if self.tracker is not None:
-            flat = {"reward_mean": summary["reward_mean"], "gpu_idle_share": summary["gpu_idle_share"] or 0.0,
+            flat = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+                    "gpu_idle_share": summary["gpu_idle_share"] or 0.0,
                     **{f"train_{k}": v for k, v in summary["train"].items()},
                     **{f"gt_mean_{d}": v for d, v in summary["ground_truth_mean"].items()},
                     **{f"seconds_{k}": v for k, v in seconds.items()}}
@@ -149,8 +152,8 @@ class ColocatedRounds:
         self.flush()  # the previous round's files first: summaries land in round order
         self._writer = threading.Thread(target=self._checkpoint, args=(r, state, summary), name=f"checkpoint-{r}")
         self._writer.start()
-        log.info("round %d: reward %.4f +- %.4f, loss %.4g, gpu idle %.0f%%", r, summary["reward_mean"],
-                 summary["reward_std"], summary["train"].get("loss", float("nan")),
+        log.info("round %d: reward %.4f +- %.4f, loss %.4g, gpu idle %.0f%%", r, stats.get("reward_mean", np.nan),
+                 stats.get("reward_std", np.nan), summary["train"].get("loss", float("nan")),
                  100 * (summary["gpu_idle_share"] or 0))
         return summary
 

@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ class PolicySpec:
     shifted Euler schedule (``sample_shift``), SDE noise level and loss knobs in ``objective_args`` (the
     objective's section). Training: LoRA ``lora_rank`` / ``lora_alpha`` (A drawn with ``seed``: identical on
     every worker), AdamW ``lr`` / ``weight_decay``, gradient-norm clip ``grad_clip``, ``micro_batch`` samples per
-    forward.
+    forward (pairs, for Flow-DPO).
     """
 
     model_dir: str
@@ -49,6 +50,12 @@ class PolicySpec:
     grad_clip: float = 1.0
     micro_batch: int = 4
     seed: int = 0
+    loop: dict = field(default_factory=lambda: {"t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0,
+                                                "t_shift": 1.0})
+    """Training-timestep knobs for objectives that draw ``t`` (Flow-DPO)."""
+    encode: Any = None
+    """An :class:`~videoalign_ray.flow.pipeline.EncodeSpec`: the samples' latents go into its latent cache under
+    the keys a Flow-DPO job on the written mp4s looks up (``latent_key`` in the records); None: not cached."""
 
 
 def group_record_path(samples_dir: str | Path, round_: int, prompt_index: int) -> Path:
@@ -161,6 +168,8 @@ class PolicyWorker:
                 path = write_mp4(folder / f"p{idx:04d}_s{k:02d}.mp4", video, fps=spec.fps)
                 sample = {"sample": k, "seed": seed, "path": str(path),
                           "log_prob_sum": float(sum(lp[k] for lp in traj.log_probs))}
+                if spec.encode is not None:  # the Flow-DPO job's key: a retraining on pairs/ finds the latents
+                    sample["latent_key"] = self._cache_latents(str(path), traj.final[k], task["prompt"], embeds[k])
                 if task.get("scene"):
                     from videoalign_ray.synthetic.scorers import score_video
                     from videoalign_ray.synthetic.world import Scene
@@ -175,47 +184,49 @@ class PolicyWorker:
         self.busy_s += time.monotonic() - start
         return records
 
+    def _cache_latents(self, path: str, latents: torch.Tensor, prompt: str, embeds: torch.Tensor) -> str:
+        """Put one sample's latents (and its prompt's embeddings) in the encode spec's cache; returns the key."""
+        from videoalign_ray.data.cache import TensorCache, prompt_key, put_unpadded
+
+        enc = self.spec.encode
+        cache = TensorCache(enc.cache_dir)
+        key = enc.video_key(path)
+        cache.put(key, latents.to(getattr(torch, enc.latent_dtype)))
+        put_unpadded(cache, prompt_key(prompt, enc.text_encoder_id, enc.max_text_tokens), embeds.float().cpu())
+        return key
+
     # ---- train -----------------------------------------------------------------------------------
-    def _rows(self, advantages: dict[int, list[float]]) -> list[dict]:
-        """One micro-batch dict per (group, SDE step, slice of ``micro_batch`` samples), in a fixed order."""
-        rows = []
-        for idx in sorted(self.held):
-            h, adv = self.held[idx], torch.tensor(advantages[idx], dtype=torch.float32)
-            traj = h["trajectory"]
-            for j in range(len(traj.steps)):
-                k = traj.latents[j].shape[0]
-                for s in range(0, k, self.spec.micro_batch):
-                    sl = slice(s, min(k, s + self.spec.micro_batch))
-                    n = sl.stop - sl.start
-                    rows.append({"latents": traj.latents[j][sl], "next_latents": traj.next_latents[j][sl],
-                                 "t": torch.full((n,), traj.t[j]), "t_next": torch.full((n,), traj.t_next[j]),
-                                 "log_prob": traj.log_probs[j][sl], "advantage": adv[sl], "t_max": h["t_max"],
-                                 "prompt_embeds": h["prompt_embeds"][sl]})
-        return rows
-
-    def train(self, version: int, advantages: dict[int, list[float]], updates: int) -> dict:
-        """``updates`` optimizer steps on this round's trajectories (each step on its share of the micro-batches,
-        the first exactly on-policy), gradients averaged over the workers; the held trajectories are dropped.
-        Returns mean metrics over this worker's micro-batches and ``busy_s`` (this worker's total so far).
-
-        Raises:
-            KeyError: an advantage is missing for a held group.
+    def train(self, version: int, items: dict, updates: int) -> dict:
+        """``updates`` optimizer steps of the objective on this round's samples; ``items``: per prompt index the
+        driver's training items (Flow-GRPO: the K advantages; Flow-DPO: (chosen, rejected) sample pairs), turned
+        into micro-batches by the objective's ``online_batches``. With at least ``updates`` micro-batches each
+        step takes its share once (the first step exactly on-policy); with fewer, each step takes the next one in
+        turn (several passes). Gradients are averaged over the workers before every step (a worker with nothing
+        to train joins with zeros); the held samples are dropped. Returns mean metrics over this worker's
+        micro-batches, ``micro_batches`` and ``busy_s`` (this worker's total so far).
         """
+        import types
+
         import torch.distributed as dist
 
         from videoalign_ray.flow.objectives.base import LossContext
+        from videoalign_ray.runtime.driver import step_generator
 
         start = time.monotonic()
-        rows = self._rows(advantages)
-        ctx = LossContext(engine=self.transformer, reference=None, loop=None, args=self.spec.objective_args,
-                          device=self.device, dtype=self.dtype)
-        chunks = [rows[i::updates] for i in range(updates)]
+        rows = self.objective.online_batches(self.held, items, self.spec.micro_batch)
+        ctx = LossContext(engine=self.transformer, reference=None, loop=types.SimpleNamespace(**self.spec.loop),
+                          args=self.spec.objective_args, device=self.device, dtype=self.dtype)
+        if len(rows) >= updates:
+            chunks = [rows[u::updates] for u in range(updates)]
+        else:
+            chunks = [[rows[u % len(rows)]] if rows else [] for u in range(updates)]
         sums: dict[str, float] = {}
         self.transformer.train()
-        for chunk in chunks:
+        for u, chunk in enumerate(chunks):
             self.optimizer.zero_grad(set_to_none=False)
-            for batch in chunk:
-                loss, metrics = self.objective.loss(ctx, batch, torch.Generator())
+            for i, batch in enumerate(chunk):
+                gen = step_generator(self.spec.seed, version * 100_000 + u * 1000 + i, self.rank)
+                loss, metrics = self.objective.loss(ctx, batch, gen)
                 (loss / len(chunk)).backward()
                 for key, v in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
@@ -232,8 +243,9 @@ class PolicyWorker:
         self.held.clear()
         self.version = version
         self.busy_s += time.monotonic() - start
-        n = max(len(rows), 1)
-        return {**{k: v / n for k, v in sums.items()}, "micro_batches": len(rows), "busy_s": self.busy_s}
+        n = max(sum(len(c) for c in chunks), 1)
+        return {**{k: v / n for k, v in sums.items()}, "micro_batches": sum(len(c) for c in chunks),
+                "busy_s": self.busy_s}
 
     def busy_seconds(self) -> float:
         """Seconds this worker has spent sampling or training."""

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from videoalign_ray.flow.objectives.dpo import DPOSection
 from videoalign_ray.online.selection import PairRule
 from videoalign_ray.runtime.job import job_run
 from videoalign_ray.sections import ModelSection, RuntimeSection, SamplingSection, Weights, parse_weights
@@ -23,9 +24,16 @@ from videoalign_ray.sections import ModelSection, RuntimeSection, SamplingSectio
 log = logging.getLogger(__name__)
 
 
-class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection):
+class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, DPOSection):
     """Config of ``jobs/online_dpo.py``."""
 
+    placement: Literal["auto", "colocated", "separate"] = Field(
+        "auto", description="colocated: one group of --num-workers workers (one GPU each) samples and trains "
+        "(Euler sampling, ground-truth or served reward); separate: --generator-actors generation actors and a Ray "
+        "Train + DeepSpeed run per round on other GPUs, weights synced through the object store (needed for "
+        "Flow-NRG guidance, --reference previous, --replay-rounds); auto: colocated unless one of those is asked.")
+    reward_gpu_share: float = Field(0.0, ge=0, lt=1, description="Colocated, served reward: the share of a GPU "
+                                    "each reward replica takes beside a worker (each worker holds 1 - share).")
     output_dir: str = Field("outputs/online_dpo", description="Samples, pairs/, rounds/, cache, MLflow store.")
     preset: Literal["tiny", "tiny-world", "wan2.1-1.3b"] = Field(
         "tiny-world", description="Generator preset (default: the tiny base pre-trained on the synthetic world).")
@@ -60,7 +68,6 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection):
     batch_size: int = Field(2, ge=1, description="Pairs per worker per micro-batch.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers per round.")
     lr: float | None = Field(None, gt=0, description="Default from the preset.")
-    beta: float = Field(500.0, gt=0)
     lora_rank: int | None = Field(None, gt=0, description="Default from the preset.")
     eval_samples_per_prompt: int = Field(2, ge=0, description="Held-out samples per world prompt for the "
                                          "per-round win rate vs the base (0: off).")
@@ -72,6 +79,8 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection):
                                      "<storage_path>/round-NNN (a shared path or s3://...); default in the round's folder.")
     generator_replacements: int = Field(2, ge=0, description="Dead generation actors replaced (and their "
                                         "groups sent again) before the job fails.")
+    fail_at_round: int | None = Field(None, json_schema_extra={"test_hook": True},
+                                      description="Test hook (colocated): the driver exits after this round's pairs.")
     fail_generator_on: str | None = Field(None, json_schema_extra={"test_hook": True},
                                           description="Fault injection for tests: 'ROUND,PROMPT' kills "
                                           "the actor generating it, once.")
@@ -85,6 +94,24 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection):
             raise ValueError("pair_rule guided-vs-unguided pairs guided with unguided samples: it needs "
                              f"guidance_scale > 0 and an even samples_per_prompt (got {self.guidance_scale:g} and "
                              f"{self.samples_per_prompt})")
+        return self
+
+    @property
+    def resolved_placement(self) -> str:
+        """``colocated`` or ``separate`` (``auto``: separate only for what the colocated loop lacks)."""
+        if self.placement != "auto":
+            return self.placement
+        needs_separate = (self.guidance_scale > 0 or self.reference == "previous" or self.replay_rounds > 0
+                          or self.fail_generator_on is not None)
+        return "separate" if needs_separate else "colocated"
+
+    @model_validator(mode="after")
+    def _colocated_supports(self) -> OnlineDPOConfig:
+        if self.placement == "colocated" and (self.guidance_scale > 0 or self.reference == "previous"
+                                              or self.replay_rounds > 0):
+            raise ValueError("placement colocated samples with Euler and no Flow-NRG guide, against the base "
+                             "reference, from this round's samples: use --placement separate for --guidance-scale, "
+                             "--reference previous or --replay-rounds")
         return self
 
     @property
@@ -108,6 +135,10 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
     """
     cfg = cfg.effective()
     with job_run(cfg, start_ray=True) as job:
+        if cfg.resolved_placement == "colocated":
+            from videoalign_ray.pipelines.online_dpo_colocated import run_colocated
+
+            return run_colocated(cfg, job)
         return _run(cfg, job)
 
 
@@ -129,5 +160,5 @@ def _run(cfg: OnlineDPOConfig, job) -> dict:
         runner.close()
     summary = {"rounds": history, "pairs_dir": str(store.root), "prompts": len(prompts),
                "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
-               "final_policy": history[-1]["policy"], "reward": runner.reward_kind}
+               "final_policy": history[-1]["policy"], "reward": runner.reward_kind, "placement": "separate"}
     return job.complete(summary)

@@ -51,7 +51,7 @@ class OnlineGRPOConfig(RuntimeSection, ModelSection, GRPOSection):
     sample_timeout_s: float = Field(1800.0, gt=0, description="Seconds one round's sampling may take.")
     train_timeout_s: float = Field(1800.0, gt=0, description="Seconds one round's training may take.")
     fail_at_round: int | None = Field(None, json_schema_extra={"test_hook": True},
-                                      description="Test hook: the driver exits after this round's samples.")
+                                      description="Test hook: the driver exits after this round's samples and advantages.")
 
 
 def run_online_grpo(cfg: OnlineGRPOConfig) -> dict:
@@ -75,6 +75,7 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
     from videoalign_ray.online.colocated import WorkerGroup
     from videoalign_ray.online.colocated_rounds import ColocatedRounds, RoundPlan
     from videoalign_ray.online.policy_worker import PolicySpec
+    from videoalign_ray.online.scoring import ground_truth_rewards
     from videoalign_ray.online.selection import weighted_reward
     from videoalign_ray.pipelines.model_card import base_model_name
     from videoalign_ray.runtime.placement import use_gpu_default
@@ -93,20 +94,22 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
         lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank, lr=cfg.lr, grad_clip=cfg.grad_clip,
         micro_batch=cfg.micro_batch or cfg.samples_per_prompt, seed=cfg.seed)
 
-    def reward(records):
-        return [weighted_reward(np.array([[s["ground_truth"][d] for d in ("VQ", "MQ", "TA")] for s in rec["samples"]]),
-                                weights) for rec in records]
+    def reward(r, records):
+        return [ground_truth_rewards(rec) for rec in records]
 
-    def advantage(rewards):
+    def select(r, records, rewards):
         import torch
 
-        return group_advantages(torch.as_tensor(rewards)).numpy()
+        weighted = np.stack([weighted_reward(g, weights) for g in rewards])  # (G, K)
+        adv = group_advantages(torch.as_tensor(weighted)).numpy()
+        items = {rec["prompt_index"]: [float(a) for a in adv[g]] for g, rec in enumerate(records)}
+        return items, {"reward_mean": float(weighted.mean()), "reward_std": float(weighted.std())}
 
     plan = RoundPlan(
         prompts=tuple(s.prompt for s in train_scenes), prompts_per_round=cfg.prompts_per_round,
         samples_per_prompt=cfg.samples_per_prompt, sample_steps=cfg.sample_steps, sde_window=cfg.sde_window,
         sde_window_start=cfg.sde_window_start, updates=cfg.updates_per_round, seed=cfg.seed, reward=reward,
-        advantage=advantage, scenes={s.prompt: asdict(s) for s in train_scenes},
+        select=select, scenes={s.prompt: asdict(s) for s in train_scenes},
         sample_timeout_s=cfg.sample_timeout_s, train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
     group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=use_gpu, start_timeout_s=cfg.start_timeout_s)
     history, start = [], None

@@ -50,6 +50,7 @@ class RoundRunner:
             guide_first_half=cfg.pair_rule == "guided-vs-unguided")
         self.samples_dir = self.out / "samples"
         self.pool, self.handle, self.deployed_app = None, None, False
+        self.reward_gpus = 1.0 if self.use_gpu else 0.0  # GPUs per reward replica (colocated: a share of one)
         self.policy: Path | None = None  # None: the base (version 0)
         self.policy_ref = None
 
@@ -224,7 +225,7 @@ class RoundRunner:
         settings = {"checkpoint": self.cfg.reward_checkpoint, "data_roots": [str(self.samples_dir)]}
         autoscaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
         self.handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0 if not self.use_gpu else 1,
-                                          num_gpus=1 if self.use_gpu else 0),
+                                          num_gpus=self.reward_gpus),
                                 name=REWARD_APP, route_prefix=None)
         self.deployed_app = True
         return self.handle

@@ -76,6 +76,11 @@ class Objective:
         keep_ties: the preference table's tied rows are training data (RWR scores every video).
         uses_reference: the loss compares with a reference model (``--reference-weights`` allowed).
         needs_rewards: rows carry ``reward_chosen`` / ``reward_rejected``.
+        online_batches: for the colocated online loop, ``online_batches(held, items, micro_batch) -> [batch]``:
+            the micro-batches of one worker's round from what it sampled (``held``: prompt index ->
+            ``{"trajectory": flow.sde.Trajectory, "prompt_embeds": (K, L, D), "t_max": float}``) and the
+            driver's per-prompt ``items`` (advantages, pairs, ...); None: not trainable online.
+        sde: the online loop samples with SDE steps (their log-probabilities are part of the batch).
     """
 
     name: str
@@ -87,6 +92,8 @@ class Objective:
     keep_ties: bool = False
     uses_reference: bool = False
     needs_rewards: bool = False
+    online_batches: Callable | None = None
+    sde: bool = False
 
     def args(self, cfg) -> dict:
         """The values of this objective's section fields on ``cfg`` (any object with those attributes)."""

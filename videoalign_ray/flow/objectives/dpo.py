@@ -50,6 +50,21 @@ def dpo_loss(ctx: LossContext, batch: dict, gen: torch.Generator):
     return loss, metrics
 
 
+def dpo_online_batches(held: dict, items: dict, micro_batch: int) -> list[dict]:
+    """Micro-batches of ``micro_batch`` pairs from the samples a worker holds: ``items``: prompt index ->
+    ``[(chosen sample, rejected sample), ...]`` (indices into that prompt's K samples); latents are the
+    samples' clean latents, in prompt then pair order."""
+    pairs = [(idx, c, r) for idx in sorted(items) for c, r in items[idx]]
+    rows = []
+    for s in range(0, len(pairs), micro_batch):
+        part = pairs[s : s + micro_batch]
+        rows.append({"chosen": torch.stack([held[i]["trajectory"].final[c] for i, c, _ in part]),
+                     "rejected": torch.stack([held[i]["trajectory"].final[r] for i, _, r in part]),
+                     "prompt_embeds": torch.stack([held[i]["prompt_embeds"][c] for i, c, _ in part])})
+    return rows
+
+
 OBJECTIVES = {"dpo": Objective(
     name="dpo", title="Flow-DPO", loss=dpo_loss, section=DPOSection, uses_reference=True,
+    online_batches=dpo_online_batches,
     metric_keys=("loss", "implicit_acc", "inside_mean", "chosen_gap", "rejected_gap", "kl_proxy"))}

@@ -101,7 +101,31 @@ def grpo_loss(ctx: LossContext, batch: dict, gen: torch.Generator):
     return loss, metrics
 
 
+def grpo_batches(held: dict, items: dict, micro_batch: int) -> list[dict]:
+    """Micro-batches of stored SDE steps: per prompt (ascending), per SDE step, ``micro_batch`` samples; ``items``:
+    prompt index -> the K samples' advantages.
+
+    Raises:
+        KeyError: a held prompt without advantages.
+    """
+    rows = []
+    for idx in sorted(held):
+        h, adv = held[idx], torch.tensor(items[idx], dtype=torch.float32)
+        traj = h["trajectory"]
+        for j in range(len(traj.steps)):
+            k = traj.latents[j].shape[0]
+            for s in range(0, k, micro_batch):
+                sl = slice(s, min(k, s + micro_batch))
+                n = sl.stop - sl.start
+                rows.append({"latents": traj.latents[j][sl], "next_latents": traj.next_latents[j][sl],
+                             "t": torch.full((n,), traj.t[j]), "t_next": torch.full((n,), traj.t_next[j]),
+                             "log_prob": traj.log_probs[j][sl], "advantage": adv[sl], "t_max": h["t_max"],
+                             "prompt_embeds": h["prompt_embeds"][sl]})
+    return rows
+
+
 OBJECTIVES = {"grpo": Objective(
     name="grpo", title="Flow-GRPO", loss=grpo_loss, section=GRPOSection, uses_reference=True,
+    online_batches=grpo_batches, sde=True,
     columns=("latents", "next_latents", "t", "t_next", "log_prob", "advantage"),
     metric_keys=("loss", "policy_loss", "kl", "ratio_mean", "clipfrac", "approx_kl", "advantage_mean"))}
