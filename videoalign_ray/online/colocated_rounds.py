@@ -190,6 +190,29 @@ class ColocatedRounds:
             self._write_error = exc
 
 
+def run_rounds(group, plan: RoundPlan, out: Path, rounds: int, *, tracker=None, base_model: str | None = None,
+               on_close: Callable | None = None) -> dict:
+    """Start ``group``, resume after the newest finished round, run the rest up to ``rounds``, wait for the last
+    checkpoint, close the group (then ``on_close()``, also on failure).
+
+    Returns ``{"workers": [worker info], "history": [round summaries 1..rounds], "resumed_after_round": int}``.
+    """
+    history, start, workers = [], 0, []
+    try:
+        workers = group.start()
+        runner = ColocatedRounds(group, plan, out, tracker, base_model)
+        start = runner.resume()
+        history = [json.loads((round_dir(out, r) / "summary.json").read_text()) for r in range(1, start + 1)]
+        for r in range(start + 1, rounds + 1):
+            history.append(runner.run_round(r))
+        runner.flush()
+    finally:
+        group.close()
+        if on_close is not None:
+            on_close()
+    return {"workers": workers, "history": history, "resumed_after_round": start}
+
+
 def _ground_truth_means(records: list[dict]) -> dict[str, float]:
     """Mean ground-truth score per dimension over the round's samples (empty without ground truth)."""
     gt = [s["ground_truth"] for rec in records for s in rec["samples"] if "ground_truth" in s]

@@ -21,7 +21,7 @@ def run_colocated(cfg, job) -> dict:
     from videoalign_ray.data.io import write_rejects
     from videoalign_ray.flow.objectives.registry import get_objective
     from videoalign_ray.online.colocated import WorkerGroup
-    from videoalign_ray.online.colocated_rounds import ColocatedRounds, RoundPlan
+    from videoalign_ray.online.colocated_rounds import RoundPlan, run_rounds
     from videoalign_ray.online.policy_worker import PolicySpec
     from videoalign_ray.online.selection import round_table, weighted_reward
     from videoalign_ray.online.store import PairStore
@@ -69,33 +69,16 @@ def run_colocated(cfg, job) -> dict:
         train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
     group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=runner.use_gpu, start_timeout_s=cfg.actor_start_timeout_s,
                         gpu_per_worker=1.0 - runner.reward_gpus if runner.reward_kind == "served" else 1.0)
-    history, start, workers = [], 0, []
-    try:
-        workers = group.start()
-        rounds = ColocatedRounds(group, plan, job.out, job.tracker, base_model_name(cfg.preset, cfg.model_path))
-        start = rounds.resume()
-        history = [_summary(job.out, r) for r in range(1, start + 1)]
-        for r in range(start + 1, cfg.rounds + 1):
-            history.append(rounds.run_round(r))
-        rounds.flush()
-    finally:
-        group.close()
-        runner.close()
+    done = run_rounds(group, plan, job.out, cfg.rounds, tracker=job.tracker,
+                      base_model=base_model_name(cfg.preset, cfg.model_path), on_close=runner.close)
+    history = done["history"]
     heldout = _evaluate(cfg, runner, history[-1]["policy"]) if history and cfg.eval_samples_per_prompt else None
     summary = {"rounds": history, "pairs_dir": str(store.root), "prompts": len(prompts),
                "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
                "final_policy": history[-1]["policy"], "reward": runner.reward_kind, "placement": "colocated",
-               "workers": workers, "resumed_after_round": start, "heldout": heldout, "worker_group_starts": 1,
-               "gpu_idle_share": [h["gpu_idle_share"] for h in history]}
+               "workers": done["workers"], "resumed_after_round": done["resumed_after_round"], "heldout": heldout,
+               "worker_group_starts": 1, "gpu_idle_share": [h["gpu_idle_share"] for h in history]}
     return job.complete(summary)
-
-
-def _summary(out, r: int) -> dict:
-    import json
-
-    from videoalign_ray.online.colocated_rounds import round_dir
-
-    return json.loads((round_dir(out, r) / "summary.json").read_text())
 
 
 def _evaluate(cfg, runner, policy: str) -> dict:

@@ -73,7 +73,7 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
     from videoalign_ray.flow.objectives.grpo import group_advantages
     from videoalign_ray.flow.objectives.registry import get_objective
     from videoalign_ray.online.colocated import WorkerGroup
-    from videoalign_ray.online.colocated_rounds import ColocatedRounds, RoundPlan
+    from videoalign_ray.online.colocated_rounds import RoundPlan, run_rounds
     from videoalign_ray.online.policy_worker import PolicySpec
     from videoalign_ray.online.scoring import ground_truth_rewards
     from videoalign_ray.online.selection import weighted_reward
@@ -112,33 +112,15 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
         select=select, scenes={s.prompt: asdict(s) for s in train_scenes},
         sample_timeout_s=cfg.sample_timeout_s, train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
     group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=use_gpu, start_timeout_s=cfg.start_timeout_s)
-    history, start = [], None
-    try:
-        workers = group.start()
-        job.mark("workers")
-        rounds = ColocatedRounds(group, plan, job.out, job.tracker, base_model_name(cfg.preset, cfg.model_path))
-        start = rounds.resume()
-        history = [_load_summary(job.out, r) for r in range(1, start + 1)]
-        for r in range(start + 1, cfg.rounds + 1):
-            history.append(rounds.run_round(r))
-        rounds.flush()
-    finally:
-        group.close()
+    done = run_rounds(group, plan, job.out, cfg.rounds, tracker=job.tracker,
+                      base_model=base_model_name(cfg.preset, cfg.model_path))
+    history, start = done["history"], done["resumed_after_round"]
     heldout = _evaluate(cfg, model_dir, history[-1]["policy"], held, preset, use_gpu) if history else None
-    ran = [h for h in history if h["round"] > (start or 0)]
     summary = {"rounds": history, "resumed_after_round": start, "final_policy": history[-1]["policy"],
-               "workers": workers, "placement": "colocated", "heldout": heldout,
+               "workers": done["workers"], "placement": "colocated", "heldout": heldout,
                "gpu_idle_share": [h["gpu_idle_share"] for h in history],
-               "worker_group_starts": 1, "rounds_run": len(ran)}
+               "worker_group_starts": 1, "rounds_run": len(history) - start}
     return job.complete(summary)
-
-
-def _load_summary(out, r: int) -> dict:
-    import json
-
-    from videoalign_ray.online.colocated_rounds import round_dir
-
-    return json.loads((round_dir(out, r) / "summary.json").read_text())
 
 
 def _evaluate(cfg: OnlineGRPOConfig, model_dir, policy: str, held, preset, use_gpu: bool) -> dict | None:
