@@ -13,6 +13,7 @@ import logging
 
 from pydantic import Field
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
 from videoalign_ray.sections import RuntimeSection
@@ -118,7 +119,7 @@ def proof_table(results: dict) -> str:
     lines = [head, "|" + "---|" * 5]
     for dim, r in results.items():
         cells = [f"{r['win_rate'][d][0]:.2f} [{r['win_rate'][d][1]:.2f}, {r['win_rate'][d][2]:.2f}]"
-                 for d in ("VQ", "MQ", "TA")]
+                 for d in DIMENSIONS]
         lines.append(f"| {dim} pairs | " + " | ".join(cells) + f" | {r['heldout_implicit_acc']:.2f} |")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
 from videoalign_ray.sections import RuntimeSection
@@ -58,7 +59,7 @@ def _run(cfg: CompareObjectivesConfig, job) -> dict:
     train, held = split_scenes(seed=cfg.seed)
     train_csv = make_preference_dataset(out / "data", num_pairs=cfg.train_pairs, scenes=train, seed=cfg.seed,
                                         name="train")
-    weights = ",".join("1" if d == cfg.dimension else "0" for d in ("VQ", "MQ", "TA"))
+    weights = ",".join("1" if d == cfg.dimension else "0" for d in DIMENSIONS)
     results = {}
     for objective in [o.strip() for o in cfg.objectives.split(",") if o.strip()]:
         run_dir = out / objective
@@ -93,6 +94,6 @@ def comparison_table(results: dict, dimension: str) -> str:
              "|---|---|---|---|---|"]
     for obj, r in results.items():
         cells = [f"{r['win_rate'][d][0]:.2f} [{r['win_rate'][d][1]:.2f}, {r['win_rate'][d][2]:.2f}]"
-                 for d in ("VQ", "MQ", "TA")]
+                 for d in DIMENSIONS]
         lines.append(f"| {names.get(obj, obj)} | {r['train_rows']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.runtime.fileio import write_text_atomic
 from videoalign_ray.runtime.job import job_run
 from videoalign_ray.sections import RuntimeSection
@@ -58,7 +59,7 @@ def _run(cfg: CompareOnlineConfig, job) -> dict:
 
     out, preset = job.out, PRESETS["tiny-world"]
     model_dir = resolve_model_dir("tiny-world", None, out)
-    weights = ",".join("1" if d == cfg.dimension else "0" for d in ("VQ", "MQ", "TA"))
+    weights = ",".join("1" if d == cfg.dimension else "0" for d in DIMENSIONS)
     results: dict = {}
     for seed in [int(s) for s in cfg.seeds.split(",") if s.strip()]:
         train, held = split_scenes(seed=0)  # one split for every seed: the seeds vary training, not the prompts
@@ -106,7 +107,7 @@ def comparison_table(results: dict, dimension: str) -> str:
         for name, c in r["comparisons"].items():
             a, b = name.split(" vs ")
             cells = [f"{c['win_rate'][d][0]:.2f} [{c['win_rate'][d][1]:.2f}, {c['win_rate'][d][2]:.2f}]"
-                     for d in ("VQ", "MQ", "TA")]
+                     for d in DIMENSIONS]
             lines.append(f"| {seed} | {NAMES[a]} vs {NAMES[b]} | " + " | ".join(cells)
                          + f" | {c['a_mean'][dimension]:.3f} / {c['b_mean'][dimension]:.3f}"
                          + f" | {c['a_mean']['VQ']:.3f} / {c['b_mean']['VQ']:.3f} |")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.errors import DataError, ModelPathError
 from videoalign_ray.runtime.fileio import atomic_path
 from videoalign_ray.runtime.job import job_run
@@ -73,7 +74,7 @@ def _run(cfg: EvalRewardConfig, job, checkpoint: str) -> dict:
     scored = score_rows([{"path": v, "prompt": c} for v, c in videos], checkpoint, actors=cfg.scorer_actors,
                         batch_size=cfg.batch_size)
     by_key = {(r["path"], r["prompt"]): r for r in scored}
-    dims = ("VQ", "MQ", "TA")
+    dims = DIMENSIONS
     rows, rejects = [], list(loaded.rejects)
     for p in loaded.pairs:
         a, b = by_key[(p.chosen, p.prompt)], by_key[(p.rejected, p.prompt)]

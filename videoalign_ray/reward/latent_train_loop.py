@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.flow.clips import common_frames
 from videoalign_ray.flow.schedule import add_noise, sample_t
 from videoalign_ray.reward.losses import bt_loss, btt_loss
 from videoalign_ray.runtime.driver import LoopCommon
 
-DIMS = ("VQ", "MQ", "TA")
+DIMS = DIMENSIONS
 METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from videoalign_ray.data.schema import DIMENSIONS
+
 VIDEOALIGN_TEMPLATES = ("detailed_special", "detailed", "simple", "video_score", "none")
 
 
@@ -36,7 +38,7 @@ class ScoringScheme:
     """See the module docstring. Defaults are the project's own scheme (what ``jobs/train_reward.py`` trains)."""
 
     template: str = "project"
-    eval_dims: tuple[str, ...] = ("VQ", "MQ", "TA")
+    eval_dims: tuple[str, ...] = DIMENSIONS
     positions: Literal["mrope", "1d"] = "mrope"
     frame_rule: Literal["project", "videoalign"] = "project"
     fps: float | None = 2.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.data.video import VideoDecodeError
 
 SCORE_COLUMNS = ("VQ", "MQ", "TA", "Overall")
@@ -53,7 +54,7 @@ class RewardScorer:
                 raw[ok] = self.model(**inputs).float().cpu().numpy()
         norm = (raw - self.model.norm_mean.float().cpu().numpy()) / self.model.norm_std.float().cpu().numpy()
         out = {"path": np.array(paths), "prompt": np.array(prompts), "error": np.array(errors, dtype=object)}
-        for d, name in enumerate(("VQ", "MQ", "TA")):
+        for d, name in enumerate(DIMENSIONS):
             out[f"raw_{name}"] = raw[:, d]
             out[name] = norm[:, d]
         out["Overall"] = norm.sum(axis=1)

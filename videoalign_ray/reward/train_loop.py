@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.reward.losses import bt_loss, btt_loss
 from videoalign_ray.reward.metrics import accuracy_without_ties, tie_aware_accuracy
 from videoalign_ray.runtime.driver import LoopCommon
 from videoalign_ray.runtime.key_table import dataset_shard
 
-DIMS = ("VQ", "MQ", "TA")
+DIMS = DIMENSIONS
 METRIC_KEYS = ("loss", "batch_acc_VQ", "batch_acc_MQ", "batch_acc_TA")
 
 

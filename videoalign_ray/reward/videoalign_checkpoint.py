@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.errors import ModelPathError
 from videoalign_ray.flow.lora_merge import load_over, merge_peft_state
 from videoalign_ray.reward.scheme import ScoringScheme
@@ -36,7 +37,7 @@ from videoalign_ray.reward.scheme import ScoringScheme
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "model_config.json"
-DIMS = ("VQ", "MQ", "TA")
+DIMS = DIMENSIONS
 
 
 def is_videoalign_folder(path: str | Path) -> bool:

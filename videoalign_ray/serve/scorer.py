@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.data.video import DecodeLimits, VideoDecodeError
 from videoalign_ray.errors import ModelPathError
 
-DIMS = ("VQ", "MQ", "TA")
+DIMS = DIMENSIONS
 
 
 class RewardScorer:

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.synthetic.scorers import score_video
 from videoalign_ray.synthetic.world import Scene
 
-DIMS = ("VQ", "MQ", "TA")
+DIMS = DIMENSIONS
 
 
 Z95 = 1.959964
