@@ -187,3 +187,20 @@ def test_a_split_group_guides_only_its_first_half(tmp_path):
         torch.testing.assert_close(split[2:], unguided, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(split[:2], plain, atol=1e-5, rtol=1e-5)
         assert (split[:2] - split[2:]).abs().max() > 1e-2
+
+
+def test_a_separate_round_trains_with_the_online_configs_dpo_section(tmp_path):
+    """The round's Flow-DPO config is built from the sections the two configs share (model, Flow-DPO): every
+    DPO knob of the online job reaches its training rounds, beta_schedule included."""
+    from types import SimpleNamespace
+
+    from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
+    from videoalign_ray.pipelines.online_rounds import RoundRunner
+
+    cfg = OnlineDPOConfig(beta=250.0, beta_schedule="time_dependent", placement="separate", num_frames=6).effective()
+    runner = RoundRunner.__new__(RoundRunner)
+    runner.cfg, runner.out, runner.model_dir = cfg, tmp_path, tmp_path / "model"
+    runner.job = SimpleNamespace(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    flow = runner._flow_cfg(2, None, None)
+    assert (flow.beta, flow.beta_schedule, flow.num_frames, flow.seed) == (250.0, "time_dependent", 6, cfg.seed + 2)
+    assert flow.model_path == str(tmp_path / "model") and flow.max_steps == cfg.steps_per_round

@@ -232,14 +232,17 @@ class RoundRunner:
 
     # ---- train, sync, evaluate ---------------------------------------------------------------------
     def _flow_cfg(self, r: int, data: str | None, init: Path | None):
+        from videoalign_ray.flow.objectives.dpo import DPOSection
         from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig
+        from videoalign_ray.sections import ModelSection
 
         cfg = self.cfg
+        shared = {k: getattr(cfg, k) for section in (ModelSection, DPOSection) for k in section.model_fields}
         values = dict(
-            output_dir=str(self.out / "rounds" / round_dir_name(r) / "train"), data=data, preset=cfg.preset,
-            model_path=str(self.model_dir), num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
+            shared, output_dir=str(self.out / "rounds" / round_dir_name(r) / "train"), data=data,
+            model_path=str(self.model_dir),
             max_steps=cfg.steps_per_round, batch_size=cfg.batch_size, num_workers=cfg.num_workers, lr=cfg.lr,
-            beta=cfg.beta, lora_rank=cfg.lora_rank, seed=cfg.seed + r, checkpoint_every=max(1, cfg.steps_per_round // 2),
+            lora_rank=cfg.lora_rank, seed=cfg.seed + r, checkpoint_every=max(1, cfg.steps_per_round // 2),
             num_samples=0, cache_dir=str(self.out / "cache"), mlflow_tracking_uri=self.job.tracking_uri,
             mlflow_experiment=cfg.mlflow_experiment, run_name=f"round-{r:03d}", log_level=cfg.log_level,
             init_weights=str(init) if init else None, fit_timeout_s=cfg.train_timeout_s, storage_path=cfg.storage_path,
