@@ -15,7 +15,7 @@ from videoalign_ray.flow.objectives.registry import get_objective, objective_nam
 from videoalign_ray.flow.schedule import euler_sample, euler_timesteps
 from videoalign_ray.flow.sde import sde_noise_std, sde_sample, sde_step, sde_window
 
-ARGS = {"noise_level": 0.7, "clip_range": 1e-4, "adv_clip_max": 5.0, "kl_beta": 0.04, "cfg_scale_train": 1.0}
+ARGS = {"noise_level": 0.7, "clip_range": 1e-4, "adv_clip_max": 5.0, "kl_beta": 0.04, "cfg_scale": 1.0}
 
 
 def _flow_grpo_step(v, sigma, sigma_prev, sample, prev_sample, noise_level, sigma_max):

@@ -1,6 +1,7 @@
-"""Flow-GRPO on the colocated worker group: exact on-policy ratios with the real tiny transformer; the job on a
-`ray start` cluster with 2 logical GPUs (2 workers, each sampling and training, every GPU in use), killed after
-round 2's samples and resumed to the same samples."""
+"""Flow-GRPO on the colocated worker group: exact on-policy ratios with the real tiny transformer (with and
+without CFG); the job on a `ray start` cluster with 2 logical GPUs (2 workers, each sampling and training, every
+GPU in use), a worker dying in round 1 (the group restarted, the round redone), the driver killed after round 2's
+samples and resumed to the same samples."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 from ray_head import ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = {"noise_level": 0.7, "clip_range": 1e-4, "adv_clip_max": 5.0, "kl_beta": 0.04, "cfg_scale_train": 1.0}
+ARGS = {"noise_level": 0.7, "clip_range": 1e-4, "adv_clip_max": 5.0, "kl_beta": 0.04, "cfg_scale": 1.0}
 
 
-def test_policy_worker_first_update_is_exactly_on_policy(tmp_path):
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_policy_worker_first_update_is_exactly_on_policy(tmp_path, cfg_scale):
     from videoalign_ray.flow.model import PRESETS, resolve_model_dir
     from videoalign_ray.online.policy_worker import PolicySpec, PolicyWorker
 
@@ -25,7 +27,8 @@ def test_policy_worker_first_update_is_exactly_on_policy(tmp_path):
     model_dir = resolve_model_dir("tiny-world", None, tmp_path, 0)
     spec = PolicySpec(model_dir=str(model_dir), samples_dir=str(tmp_path / "samples"),
                       max_text_tokens=preset.max_text_tokens, num_frames=preset.num_frames, height=preset.height,
-                      width=preset.width, fps=preset.fps, objective_args=ARGS, sample_steps=6, lr=1e-2,
+                      width=preset.width, fps=preset.fps, objective_args={**ARGS, "cfg_scale": cfg_scale},
+                      sample_steps=6, lr=1e-2,
                       micro_batch=4)  # the sampling batch: the training forward is the sampling one, bit for bit
     worker = PolicyWorker(spec, 0, 1)
     before = {k: v.clone() for k, v in worker.state()["adapter"].items()}
@@ -60,8 +63,12 @@ def test_online_grpo_on_two_logical_gpus_resumes_after_a_driver_kill(tmp_path):
     out = tmp_path / "run"
     with ray_head(4, num_gpus=2, RAY_AUTH_MODE="token") as head:
         env = {**head["env"], "RAY_ADDRESS": head["gcs"]}
-        killed = _job(out, env, "--fail-at-round", "2")
+        killed = _job(out, env, "--fail-at-round", "2", "--fail-worker-on", "1")
         assert killed.returncode == 3, killed.stderr[-3000:]
+        # a worker exited in round 1: the group was restarted once and round 1 redone, then the driver was killed
+        assert (out / ".worker_fault").exists()
+        assert killed.stderr.count("restarting the worker group") == 1, killed.stderr[-3000:]
+        assert (out / "rounds" / "round-001" / "summary.json").exists()
         first = _round_samples(out, 2)
         assert len(first) == 4 and not (out / "rounds" / "round-002" / "summary.json").exists()
         for f in (out / "samples" / "round-002").glob("p*.json"):

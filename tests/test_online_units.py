@@ -204,3 +204,35 @@ def test_a_separate_round_trains_with_the_online_configs_dpo_section(tmp_path):
     flow = runner._flow_cfg(2, None, None)
     assert (flow.beta, flow.beta_schedule, flow.num_frames, flow.seed) == (250.0, "time_dependent", 6, cfg.seed + 2)
     assert flow.model_path == str(tmp_path / "model") and flow.max_steps == cfg.steps_per_round
+
+
+def test_served_rewards_are_scored_once_per_group_and_reused(tmp_path):
+    """RewardSource (served): every sample scored through the handle in order, K taken per group from its own
+    record (groups of different sizes), the scores kept beside the mp4s and reused by the next call."""
+    from types import SimpleNamespace
+
+    from videoalign_ray.online.rewards import RewardSource
+
+    calls = []
+
+    class Handle:  # the DeploymentHandle's surface served_rewards uses
+        class score:  # noqa: N801
+            @staticmethod
+            def remote(prompt, path):
+                calls.append(path)
+                v = float(len(calls))
+                return SimpleNamespace(result=lambda timeout_s: {"VQ": v, "MQ": -v, "TA": 2 * v})
+
+    def rec(i, k):
+        (tmp_path / "round-001").mkdir(exist_ok=True)
+        return {"prompt_index": i, "prompt": f"p{i}",
+                "samples": [{"path": str(tmp_path / "round-001" / f"p{i:04d}_s{j:02d}.mp4")} for j in range(k)]}
+
+    src = RewardSource(kind="served", samples_dir=tmp_path, endpoint="app", handle=Handle())
+    records = [rec(0, 2), rec(1, 3)]
+    first = src.score(records)
+    assert [len(g) for g in first] == [2, 3] and first[1][0] == [3.0, -3.0, 6.0] and len(calls) == 5
+    assert (tmp_path / "round-001" / "p0001.reward.json").is_file()
+    assert src.score(records) == first and len(calls) == 5  # reused, not asked again
+    gt = RewardSource(kind="ground-truth", samples_dir=tmp_path)
+    assert gt.score([{"samples": [{"ground_truth": {"VQ": 0.1, "MQ": 0.2, "TA": 0.3}}]}]) == [[[0.1, 0.2, 0.3]]]

@@ -131,6 +131,21 @@ class SamplingSection(JobConfig):
         "", description="CFG's negative prompt ('' as WanPipeline's default); 'wan': Wan2.1's own negative prompt.")
 
 
+class RewardSection(JobConfig):
+    """Where an online job's rewards come from (``online.rewards.RewardSource``)."""
+
+    reward: Literal["auto", "ground-truth", "served"] = Field(
+        "auto", description="ground-truth: the world's pixel scorers (oracle); served: the Serve reward app; "
+        "auto: served when --reward-checkpoint or --reward-endpoint is given.")
+    reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint the job deploys as a Serve app.")
+    reward_endpoint: str | None = Field(None, description="Name of an already running Serve reward app.")
+    reward_weights: Weights = Field("1,1,1", description="Per-dimension weights (VQ,MQ,TA) of the reward.")
+    reward_timeout_s: float = Field(120.0, gt=0, description="Seconds per reward call before it is retried.")
+    reward_attempts: int = Field(3, ge=1, description="Attempts per reward call before the round fails.")
+    reward_gpu_share: float = Field(0.0, ge=0, lt=1, description="Colocated workers, served reward: the share of a "
+                                    "GPU each reward replica takes beside a worker (each worker holds 1 - share).")
+
+
 class TrainSection(JobConfig):
     """Ray Train + DeepSpeed settings shared by the training jobs."""
 

@@ -191,26 +191,50 @@ class ColocatedRounds:
 
 
 def run_rounds(group, plan: RoundPlan, out: Path, rounds: int, *, tracker=None, base_model: str | None = None,
-               on_close: Callable | None = None) -> dict:
+               on_close: Callable | None = None, restarts: int = 2) -> dict:
     """Start ``group``, resume after the newest finished round, run the rest up to ``rounds``, wait for the last
     checkpoint, close the group (then ``on_close()``, also on failure).
 
-    Returns ``{"workers": [worker info], "history": [round summaries 1..rounds], "resumed_after_round": int}``.
+    A worker that dies takes its process group with it: the whole group is closed, started again and loaded
+    with the newest finished round, and the round is redone (the same samples: they are functions of seed,
+    round and prompt), at most ``restarts`` times per job (a log line each).
+
+    Returns ``{"workers": [worker info], "history": [round summaries 1..rounds], "resumed_after_round": int,
+    "worker_group_starts": int}``.
+
+    Raises:
+        RuntimeError: a worker died after the group was restarted ``restarts`` times (names the round).
     """
-    history, start, workers = [], 0, []
+    from ray.exceptions import RayActorError
+
+    history, start, workers, starts = [], 0, [], 1
     try:
         workers = group.start()
         runner = ColocatedRounds(group, plan, out, tracker, base_model)
         start = runner.resume()
         history = [json.loads((round_dir(out, r) / "summary.json").read_text()) for r in range(1, start + 1)]
-        for r in range(start + 1, rounds + 1):
-            history.append(runner.run_round(r))
+        r = start + 1
+        while r <= rounds:
+            try:
+                history.append(runner.run_round(r))
+                r += 1
+            except RayActorError as exc:
+                if starts > restarts:
+                    raise RuntimeError(f"a colocated worker died in round {r} after {starts - 1} group restarts: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                log.warning("a colocated worker died in round %d (%s); restarting the worker group from the "
+                            "newest finished round (restart %d of at most %d)", r, type(exc).__name__, starts, restarts)
+                runner.flush()
+                group.close()
+                workers = group.start()
+                starts += 1
+                runner.resume()
         runner.flush()
     finally:
         group.close()
         if on_close is not None:
             on_close()
-    return {"workers": workers, "history": history, "resumed_after_round": start}
+    return {"workers": workers, "history": history, "resumed_after_round": start, "worker_group_starts": starts}
 
 
 def _ground_truth_means(records: list[dict]) -> dict[str, float]:

@@ -53,6 +53,9 @@ class PolicySpec:
     loop: dict = field(default_factory=lambda: {"t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0,
                                                 "t_shift": 1.0})
     """Training-timestep knobs for objectives that draw ``t`` (Flow-DPO)."""
+    fail_on_round: int | None = None
+    """Test hook: in this round the last-ranked worker exits at its first task, once (``fault_marker`` records it)."""
+    fault_marker: str | None = None
     encode: Any = None
     """An :class:`~videoalign_ray.flow.pipeline.EncodeSpec`: the samples' latents go into its latent cache under
     the keys a Flow-DPO job on the written mp4s looks up (``latent_key`` in the records); None: not cached."""
@@ -150,18 +153,30 @@ class PolicyWorker:
         self.transformer.eval()
         timesteps = euler_timesteps(spec.sample_steps, spec.sample_shift)
         shape = latent_shape(self.vae.config, spec.num_frames, spec.height, spec.width)
+        self._maybe_fail(round_)
         records = []
+        cfg_scale = float(spec.objective_args.get("cfg_scale", 1.0))  # CFG while sampling (the loss uses the same)
         for task in tasks:
             idx, seeds = task["prompt_index"], task["seeds"]
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
             with torch.no_grad():
                 embeds = self.text.encode([task["prompt"]] * len(seeds)).to(self.device, self.dtype)
-                traj = sde_sample(lambda x, t, e=embeds: velocity(self.transformer, x.to(self.dtype), t.to(self.dtype), e),
-                                  noise.to(self.device), timesteps, sde_steps=sde_steps,
+                negative = (self.text.encode([""] * len(seeds)).to(self.device, self.dtype) if cfg_scale > 1 else None)
+
+                def policy_velocity(x, t, e=embeds, n=negative):  # the objective's loss computes it the same way
+                    xi, ti = x.to(self.dtype), t.to(self.dtype)
+                    v = velocity(self.transformer, xi, ti, e).float()
+                    if n is not None:
+                        v_neg = velocity(self.transformer, xi, ti, n).float()
+                        v = v_neg + cfg_scale * (v - v_neg)
+                    return v
+
+                traj = sde_sample(policy_velocity, noise.to(self.device), timesteps, sde_steps=sde_steps,
                                   noise_level=spec.objective_args.get("noise_level", 0.7),
                                   generator=torch.Generator().manual_seed(task["sde_seed"]))
                 videos = decode_latents(self.vae, traj.final)
-            self.held[idx] = {"trajectory": traj, "prompt_embeds": embeds.cpu(), "t_max": float(timesteps[1])}
+            self.held[idx] = {"trajectory": traj, "prompt_embeds": embeds.cpu(), "t_max": float(timesteps[1]),
+                              "negative_embeds": negative.cpu() if negative is not None else None}
             folder = group_record_path(spec.samples_dir, round_, idx).parent
             samples = []
             for k, (seed, video) in enumerate(zip(seeds, videos, strict=True)):
@@ -246,6 +261,13 @@ class PolicyWorker:
         n = max(sum(len(c) for c in chunks), 1)
         return {**{k: v / n for k, v in sums.items()}, "micro_batches": sum(len(c) for c in chunks),
                 "busy_s": self.busy_s}
+
+    def _maybe_fail(self, round_: int) -> None:
+        if (self.spec.fail_on_round != round_ or self.rank != self.world - 1 or not self.spec.fault_marker
+                or Path(self.spec.fault_marker).exists()):
+            return
+        Path(self.spec.fault_marker).write_text(f"worker {self.rank} (pid {os.getpid()}) exited in round {round_}\n")
+        os._exit(1)
 
     def busy_seconds(self) -> float:
         """Seconds this worker has spent sampling or training."""

@@ -19,12 +19,19 @@ from pydantic import Field, model_validator
 from videoalign_ray.flow.objectives.dpo import DPOSection
 from videoalign_ray.online.selection import PairRule
 from videoalign_ray.runtime.job import job_run
-from videoalign_ray.sections import ModelSection, RuntimeSection, SamplingSection, Weights, parse_weights
+from videoalign_ray.sections import (
+    ModelSection,
+    RewardSection,
+    RuntimeSection,
+    SamplingSection,
+    Weights,
+    parse_weights,
+)
 
 log = logging.getLogger(__name__)
 
 
-class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, DPOSection):
+class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, RewardSection, DPOSection):
     """Config of ``jobs/online_dpo.py``."""
 
     placement: Literal["auto", "colocated", "separate"] = Field(
@@ -32,8 +39,7 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, DPOSection)
         "(Euler sampling, ground-truth or served reward); separate: --generator-actors generation actors and a Ray "
         "Train + DeepSpeed run per round on other GPUs, weights synced through the object store (needed for "
         "Flow-NRG guidance, --reference previous, --replay-rounds); auto: colocated unless one of those is asked.")
-    reward_gpu_share: float = Field(0.0, ge=0, lt=1, description="Colocated, served reward: the share of a GPU "
-                                    "each reward replica takes beside a worker (each worker holds 1 - share).")
+
     output_dir: str = Field("outputs/online_dpo", description="Samples, pairs/, rounds/, cache, MLflow store.")
     preset: Literal["tiny", "tiny-world", "wan2.1-1.3b"] = Field(
         "tiny-world", description="Generator preset (default: the tiny base pre-trained on the synthetic world).")
@@ -49,13 +55,6 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, DPOSection)
                                     "selection and Flow-NRG.")
     guidance_weights: Weights | None = Field(None, description="Per-dimension weights of the Flow-NRG guide while "
                                              "sampling when they should differ from the pair reward's; default: --reward-weights.")
-    reward: Literal["auto", "ground-truth", "served"] = Field(
-        "auto", description="ground-truth: the world's pixel scorers (oracle); served: the Serve reward app; "
-        "auto: served when --reward-checkpoint or --reward-endpoint is given.")
-    reward_checkpoint: str | None = Field(None, description="VideoReward checkpoint the job deploys as a Serve app.")
-    reward_endpoint: str | None = Field(None, description="Name of an already running Serve reward app.")
-    reward_timeout_s: float = Field(120.0, gt=0, description="Seconds per reward call before it is retried.")
-    reward_attempts: int = Field(3, ge=1, description="Attempts per reward call before the round fails.")
     pair_rule: PairRule = Field(
         "best-worst", description="Pairs per prompt. guided-vs-unguided: half of each prompt's samples with "
         "--guidance-scale, half without from the same seeds, each guided one paired with its unguided twin.")
@@ -77,13 +76,14 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, DPOSection)
                                    "fit: worker start, restarts, steps) may take before the job fails naming it.")
     storage_path: str | None = Field(None, description="Ray Train checkpoints of every round, under "
                                      "<storage_path>/round-NNN (a shared path or s3://...); default in the round's folder.")
-    generator_replacements: int = Field(2, ge=0, description="Dead generation actors replaced (and their "
-                                        "groups sent again) before the job fails.")
+    generator_replacements: int = Field(2, ge=0, description="Separate: dead generation actors replaced (and their "
+                                        "groups sent again); colocated: worker-group restarts after a worker died "
+                                        "(the round redone from the newest finished one); then the job fails.")
     fail_at_round: int | None = Field(None, json_schema_extra={"test_hook": True},
                                       description="Test hook (colocated): the driver exits after this round's pairs.")
     fail_generator_on: str | None = Field(None, json_schema_extra={"test_hook": True},
                                           description="Fault injection for tests: 'ROUND,PROMPT' kills "
-                                          "the actor generating it, once.")
+                                          "the actor generating it, once (colocated: a worker exits in ROUND, once).")
 
     @model_validator(mode="after")
     def _guidance_needs_an_endpoint(self) -> OnlineDPOConfig:
@@ -101,8 +101,7 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, DPOSection)
         """``colocated`` or ``separate`` (``auto``: separate only for what the colocated loop lacks)."""
         if self.placement != "auto":
             return self.placement
-        needs_separate = (self.guidance_scale > 0 or self.reference == "previous" or self.replay_rounds > 0
-                          or self.fail_generator_on is not None)
+        needs_separate = self.guidance_scale > 0 or self.reference == "previous" or self.replay_rounds > 0
         return "separate" if needs_separate else "colocated"
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ def run_colocated(cfg, job) -> dict:
     from videoalign_ray.sections import parse_weights
 
     runner = RoundRunner(cfg, job)  # prompts, reward (ground truth or the Serve app), the latent-cache spec
-    runner.reward_gpus = cfg.reward_gpu_share if runner.use_gpu else 0.0
+    runner.rewards.gpus = cfg.reward_gpu_share
     prompts, rejects = runner.load_prompts()
     job.tracker.log_artifact(write_rejects(job.out / "rejects.csv", rejects))
     store, weights = PairStore(job.out / "pairs"), parse_weights(cfg.reward_weights)
@@ -40,7 +40,9 @@ def run_colocated(cfg, job) -> dict:
         num_frames=enc.num_frames, height=enc.height, width=enc.width, fps=runner.preset.fps, objective="dpo",
         objective_args=get_objective("dpo").args(cfg), sample_steps=cfg.sample_steps,
         sample_shift=cfg.sample_shift or 1.0, lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank, lr=cfg.lr,
-        micro_batch=cfg.batch_size, seed=cfg.seed, encode=enc)
+        micro_batch=cfg.batch_size, seed=cfg.seed, encode=enc,
+        fail_on_round=int(cfg.fail_generator_on.split(",")[0]) if cfg.fail_generator_on else None,
+        fault_marker=str(job.out / ".generator_fault"))
 
     def reward(r, records):
         return runner.score(r, records)
@@ -68,16 +70,17 @@ def run_colocated(cfg, job) -> dict:
         seed=cfg.seed, reward=reward, select=select, scenes=scenes, sample_timeout_s=cfg.group_timeout_s,
         train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
     group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=runner.use_gpu, start_timeout_s=cfg.actor_start_timeout_s,
-                        gpu_per_worker=1.0 - runner.reward_gpus if runner.reward_kind == "served" else 1.0)
+                        gpu_per_worker=1.0 - cfg.reward_gpu_share if runner.reward_kind == "served" else 1.0)
     done = run_rounds(group, plan, job.out, cfg.rounds, tracker=job.tracker,
-                      base_model=base_model_name(cfg.preset, cfg.model_path), on_close=runner.close)
+                      base_model=base_model_name(cfg.preset, cfg.model_path), on_close=runner.close,
+                      restarts=cfg.generator_replacements)
     history = done["history"]
     heldout = _evaluate(cfg, runner, history[-1]["policy"]) if history and cfg.eval_samples_per_prompt else None
     summary = {"rounds": history, "pairs_dir": str(store.root), "prompts": len(prompts),
                "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
                "final_policy": history[-1]["policy"], "reward": runner.reward_kind, "placement": "colocated",
                "workers": done["workers"], "resumed_after_round": done["resumed_after_round"], "heldout": heldout,
-               "worker_group_starts": 1, "gpu_idle_share": [h["gpu_idle_share"] for h in history]}
+               "worker_group_starts": done["worker_group_starts"], "gpu_idle_share": [h["gpu_idle_share"] for h in history]}
     return job.complete(summary)
 
 

@@ -2,7 +2,7 @@
 
 One group of workers (one per GPU, placed once) holds the policy for the whole job; each round they sample K
 videos per prompt with SDE steps in a window (Flow-GRPO-Fast), the ground-truth reward of the synthetic world
-scores them (weighted VQ/MQ/TA), advantages are normalised per prompt, and the same workers take the clipped
+(or VideoReward served by Ray Serve) scores them (weighted VQ/MQ/TA), advantages are normalised per prompt, and the same workers take the clipped
 policy-gradient steps. Rerunning the same command resumes after the newest finished round.
 """
 
@@ -15,12 +15,12 @@ from pydantic import Field
 
 from videoalign_ray.flow.objectives.grpo import GRPOSection
 from videoalign_ray.runtime.job import job_run
-from videoalign_ray.sections import ModelSection, RuntimeSection, Weights, parse_weights
+from videoalign_ray.sections import ModelSection, RewardSection, RuntimeSection, parse_weights
 
 log = logging.getLogger(__name__)
 
 
-class OnlineGRPOConfig(RuntimeSection, ModelSection, GRPOSection):
+class OnlineGRPOConfig(RuntimeSection, ModelSection, RewardSection, GRPOSection):
     """Config of ``jobs/online_grpo.py``."""
 
     output_dir: str = Field("outputs/online_grpo", description="samples/, rounds/ (policy and optimizer per "
@@ -41,7 +41,6 @@ class OnlineGRPOConfig(RuntimeSection, ModelSection, GRPOSection):
     micro_batch: int | None = Field(None, ge=1, description="Samples per forward in training; default: "
                                     "--samples-per-prompt, the sampling batch (the first update's importance ratios "
                                     "are then exactly 1: the same forward, bit for bit).")
-    reward_weights: Weights = Field("1,1,1", description="Weights of the ground-truth VQ,MQ,TA in the reward.")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate of the LoRA.")
     lora_rank: int = Field(8, gt=0)
     grad_clip: float = Field(1.0, gt=0)
@@ -50,6 +49,10 @@ class OnlineGRPOConfig(RuntimeSection, ModelSection, GRPOSection):
     start_timeout_s: float = Field(600.0, gt=0, description="Seconds for the worker group to be placed and loaded.")
     sample_timeout_s: float = Field(1800.0, gt=0, description="Seconds one round's sampling may take.")
     train_timeout_s: float = Field(1800.0, gt=0, description="Seconds one round's training may take.")
+    worker_restarts: int = Field(2, ge=0, description="Times per job the worker group is restarted (from the newest "
+                                 "finished round) after a worker died, before the job fails.")
+    fail_worker_on: int | None = Field(None, json_schema_extra={"test_hook": True},
+                                       description="Test hook: a worker exits at the start of this round, once.")
     fail_at_round: int | None = Field(None, json_schema_extra={"test_hook": True},
                                       description="Test hook: the driver exits after this round's samples and advantages.")
 
@@ -75,7 +78,7 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
     from videoalign_ray.online.colocated import WorkerGroup
     from videoalign_ray.online.colocated_rounds import RoundPlan, run_rounds
     from videoalign_ray.online.policy_worker import PolicySpec
-    from videoalign_ray.online.scoring import ground_truth_rewards
+    from videoalign_ray.online.rewards import RewardSource
     from videoalign_ray.online.selection import weighted_reward
     from videoalign_ray.pipelines.model_card import base_model_name
     from videoalign_ray.runtime.placement import use_gpu_default
@@ -92,10 +95,14 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
         width=cfg.width or preset.width, fps=preset.fps, objective="grpo",
         objective_args=get_objective("grpo").args(cfg), sample_steps=cfg.sample_steps, sample_shift=cfg.sample_shift,
         lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank, lr=cfg.lr, grad_clip=cfg.grad_clip,
-        micro_batch=cfg.micro_batch or cfg.samples_per_prompt, seed=cfg.seed)
+        micro_batch=cfg.micro_batch or cfg.samples_per_prompt, seed=cfg.seed, fail_on_round=cfg.fail_worker_on,
+        fault_marker=str(job.out / ".worker_fault"))
+
+    rewards = RewardSource.of(cfg, job.out / "samples", use_gpu)
+    rewards.gpus = cfg.reward_gpu_share
 
     def reward(r, records):
-        return [ground_truth_rewards(rec) for rec in records]
+        return rewards.score(records)
 
     def select(r, records, rewards):
         import torch
@@ -111,15 +118,17 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
         sde_window_start=cfg.sde_window_start, updates=cfg.updates_per_round, seed=cfg.seed, reward=reward,
         select=select, scenes={s.prompt: asdict(s) for s in train_scenes},
         sample_timeout_s=cfg.sample_timeout_s, train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
-    group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=use_gpu, start_timeout_s=cfg.start_timeout_s)
+    group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=use_gpu, start_timeout_s=cfg.start_timeout_s,
+                        gpu_per_worker=1.0 - cfg.reward_gpu_share if rewards.kind == "served" else 1.0)
     done = run_rounds(group, plan, job.out, cfg.rounds, tracker=job.tracker,
-                      base_model=base_model_name(cfg.preset, cfg.model_path))
+                      base_model=base_model_name(cfg.preset, cfg.model_path), restarts=cfg.worker_restarts,
+                      on_close=rewards.close)
     history, start = done["history"], done["resumed_after_round"]
     heldout = _evaluate(cfg, model_dir, history[-1]["policy"], held, preset, use_gpu) if history else None
-    summary = {"rounds": history, "resumed_after_round": start, "final_policy": history[-1]["policy"],
+    summary = {"rounds": history, "resumed_after_round": start, "final_policy": history[-1]["policy"], "reward": rewards.kind,
                "workers": done["workers"], "placement": "colocated", "heldout": heldout,
                "gpu_idle_share": [h["gpu_idle_share"] for h in history],
-               "worker_group_starts": 1, "rounds_run": len(history) - start}
+               "worker_group_starts": done["worker_group_starts"], "rounds_run": len(history) - start}
     return job.complete(summary)
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from videoalign_ray.config import validate_config
 from videoalign_ray.data.schema import DIMENSIONS
+from videoalign_ray.online.rewards import RewardSource
 from videoalign_ray.online.store import round_dir_name
 from videoalign_ray.runtime.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
-REWARD_APP = "online-reward"
 
 
 class RoundRunner:
@@ -34,12 +34,9 @@ class RoundRunner:
         self.preset = PRESETS[cfg.preset]
         self.model_dir = resolve_model_dir(cfg.preset, cfg.model_path, self.out, cfg.seed)
         self.use_gpu = use_gpu_default(None)
-        served = cfg.reward == "served" or (cfg.reward == "auto" and (cfg.reward_checkpoint or cfg.reward_endpoint))
-        self.reward_kind = "served" if served else "ground-truth"
-        if served and not (cfg.reward_checkpoint or cfg.reward_endpoint):
-            from videoalign_ray.errors import ConfigError
-
-            raise ConfigError("--reward served needs --reward-checkpoint or --reward-endpoint")
+        self.samples_dir = self.out / "samples"
+        self.rewards = RewardSource.of(cfg, self.samples_dir, self.use_gpu)
+        self.reward_kind = self.rewards.kind
         flow_cfg = self._flow_cfg(1, None, None)
         # the round's Flow-DPO job stores latents in its training dtype: the generated ones must share its keys
         bf16 = resolve_bf16(flow_cfg.precision, use_gpu_default(flow_cfg.use_gpu))
@@ -48,9 +45,7 @@ class RoundRunner:
             encode=espec, fps=self.preset.fps, sampling=SamplingSettings.of(cfg),
             guidance_scale=cfg.guidance_scale, weights=cfg.guide_weights, reward_endpoint=cfg.reward_endpoint,
             guide_first_half=cfg.pair_rule == "guided-vs-unguided")
-        self.samples_dir = self.out / "samples"
-        self.pool, self.handle, self.deployed_app = None, None, False
-        self.reward_gpus = 1.0 if self.use_gpu else 0.0  # GPUs per reward replica (colocated: a share of one)
+        self.pool = None
         self.policy: Path | None = None  # None: the base (version 0)
         self.policy_ref = None
 
@@ -178,57 +173,8 @@ class RoundRunner:
 
     # ---- score -----------------------------------------------------------------------------------
     def score(self, r: int, records: list[dict]) -> list[list[list[float]]]:
-        """``(groups, K, 3)`` rewards; served rewards are kept per group (``pNNNN.reward.json``) for reruns."""
-        from videoalign_ray.online.scoring import ground_truth_rewards, served_rewards
-
-        if self.reward_kind == "ground-truth":
-            return [ground_truth_rewards(rec) for rec in records]
-        folder = self.samples_dir / round_dir_name(r)
-        out, missing = [None] * len(records), []
-        for g, rec in enumerate(records):
-            f = folder / f"p{rec['prompt_index']:04d}.reward.json"
-            saved = json.loads(f.read_text()) if f.is_file() else None
-            if saved and saved["paths"] == [s["path"] for s in rec["samples"]]:
-                out[g] = saved["rewards"]
-            else:
-                missing.append(g)
-        if missing:
-            handle = self._reward_handle()
-            items = [(records[g]["prompt"], s["path"]) for g in missing for s in records[g]["samples"]]
-            flat = served_rewards(handle, self.cfg.reward_endpoint or REWARD_APP, items,
-                                  timeout_s=self.cfg.reward_timeout_s, attempts=self.cfg.reward_attempts)
-            k = self.cfg.samples_per_prompt
-            for n, g in enumerate(missing):
-                out[g] = flat[n * k : (n + 1) * k]
-                rec = records[g]
-                write_text_atomic(folder / f"p{rec['prompt_index']:04d}.reward.json", json.dumps(
-                    {"paths": [s["path"] for s in rec["samples"]], "rewards": out[g]}))
-        return out
-
-    def _reward_handle(self):
-        from ray import serve
-
-        if self.handle is not None:
-            return self.handle
-        if self.cfg.reward_endpoint:
-            try:
-                self.handle = serve.get_app_handle(self.cfg.reward_endpoint)
-            except Exception as exc:  # noqa: BLE001 - Serve raises several types for "not running"
-                from videoalign_ray.errors import ConfigError
-
-                raise ConfigError(f"no running Serve app {self.cfg.reward_endpoint!r} on this Ray cluster "
-                                  f"(start jobs/serve_reward.py and set RAY_ADDRESS to its cluster): {exc}") from exc
-            return self.handle
-        from videoalign_ray.serve.app import build_app
-
-        serve.start(proxy_location="Disabled")  # handle calls only: no HTTP port
-        settings = {"checkpoint": self.cfg.reward_checkpoint, "data_roots": [str(self.samples_dir)]}
-        autoscaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
-        self.handle = serve.run(build_app(settings, autoscaling=autoscaling, num_cpus=0 if not self.use_gpu else 1,
-                                          num_gpus=self.reward_gpus),
-                                name=REWARD_APP, route_prefix=None)
-        self.deployed_app = True
-        return self.handle
+        """``(groups, K, 3)`` rewards of round ``r``'s groups (:class:`~videoalign_ray.online.rewards.RewardSource`)."""
+        return self.rewards.score(records)
 
     # ---- train, sync, evaluate ---------------------------------------------------------------------
     def _flow_cfg(self, r: int, data: str | None, init: Path | None):
@@ -307,10 +253,7 @@ class RoundRunner:
         """Stop the actors and the reward app this job deployed (an app given by name keeps running)."""
         if self.pool is not None:
             self.pool.close()
-        if self.deployed_app:
-            from ray import serve
-
-            serve.delete(REWARD_APP)
+        self.rewards.close()
 
 
 def _policy_payload(policy: Path) -> dict:

@@ -47,13 +47,13 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "checkpoint_every", "num_to_keep", "log_every", "storage_path", "cache_dir",
     # resources and failure handling (the same result on more or fewer actors)
     "max_failures", "cpus_per_worker", "encoder_actors", "generators", "generator_replacements",
-    "gpu_memory_gib", "reward_attempts",
+    "gpu_memory_gib", "reward_attempts", "worker_restarts", "reward_gpu_share",
     # samples rendered for people and held-out evaluation, not trained on
     "num_samples", "eval_samples_per_prompt", "val_data", "eval_every", "val_samples", "val_sample_every",
     # a resumed run continues up to max_steps (TrainSection)
     "max_steps",
     # test hooks
-    "fail_at_step", "fail_generator_on", "fail_at_round",
+    "fail_at_step", "fail_generator_on", "fail_at_round", "fail_worker_on",
 })
 """Config keys whose value cannot change what a resumed run produces; every ``*_timeout_s`` key counts too."""
 

@@ -25,8 +25,8 @@ class GRPOSection(JobConfig):
     clip_range: float = Field(1e-4, gt=0, description="Importance-ratio clip eps: r kept in [1 - eps, 1 + eps].")
     adv_clip_max: float = Field(5.0, gt=0, description="Advantages clipped to [-max, max].")
     kl_beta: float = Field(0.04, ge=0, description="Weight of the KL to the reference (0: no reference pass).")
-    cfg_scale_train: float = Field(1.0, ge=1, description="CFG scale of the policy's velocity in the loss; equal "
-                                   "to the sampling CFG scale (1: no CFG, the default).")
+    cfg_scale: float = Field(1.0, ge=1, description="CFG scale while sampling and in the loss (the same velocity "
+                             "both times, negative prompt ''); 1: no CFG.")
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -62,7 +62,7 @@ def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adva
 def _cfg_velocity(ctx: LossContext, model_fn, x: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
     text = batch["prompt_embeds"].to(ctx.device, ctx.dtype)
     v = model_fn(x, t, text).float()
-    scale = ctx.args["cfg_scale_train"]
+    scale = ctx.args.get("cfg_scale", 1.0)
     if scale > 1:
         v_neg = model_fn(x, t, batch["negative_embeds"].to(ctx.device, ctx.dtype)).float()
         v = v_neg + scale * (v - v_neg)
@@ -121,6 +121,8 @@ def grpo_batches(held: dict, items: dict, micro_batch: int) -> list[dict]:
                              "t": torch.full((n,), traj.t[j]), "t_next": torch.full((n,), traj.t_next[j]),
                              "log_prob": traj.log_probs[j][sl], "advantage": adv[sl], "t_max": h["t_max"],
                              "prompt_embeds": h["prompt_embeds"][sl]})
+                if h.get("negative_embeds") is not None:
+                    rows[-1]["negative_embeds"] = h["negative_embeds"][sl]
     return rows
 
 
