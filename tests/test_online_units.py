@@ -236,3 +236,14 @@ def test_served_rewards_are_scored_once_per_group_and_reused(tmp_path):
     assert src.score(records) == first and len(calls) == 5  # reused, not asked again
     gt = RewardSource(kind="ground-truth", samples_dir=tmp_path)
     assert gt.score([{"samples": [{"ground_truth": {"VQ": 0.1, "MQ": 0.2, "TA": 0.3}}]}]) == [[[0.1, 0.2, 0.3]]]
+
+
+def test_round_metrics_tolerate_a_worker_with_nothing_to_train():
+    """A colocated worker whose prompts gave no pair reports no loss: the round's means use the workers that
+    trained, the micro-batch count is their sum (it raised KeyError when only worker 0's keys were read)."""
+    from videoalign_ray.online.colocated_rounds import _mean_metrics
+
+    got = _mean_metrics([{"micro_batches": 0, "busy_s": 1.0},
+                         {"loss": 0.5, "implicit_acc": 1.0, "micro_batches": 3, "busy_s": 2.0},
+                         {"loss": 0.7, "implicit_acc": 0.0, "micro_batches": 1, "busy_s": 2.0}])
+    assert got == {"loss": 0.6, "implicit_acc": 0.5, "micro_batches": 4.0}

@@ -137,7 +137,7 @@ class ColocatedRounds:
         reserved = group.reserved_s - reserved0
         summary = {"round": r, "prompts": len(tasks), "samples": int(rewards.shape[0] * rewards.shape[1]),
                    "sde_steps": list(window), **stats, "ground_truth_mean": _ground_truth_means(records),
-                   "train": {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "busy_s"},
+                   "train": _mean_metrics(metrics),
                    "seconds": {**seconds, "round": time.monotonic() - t0},
                    "gpu_seconds_reserved": reserved, "gpu_seconds_busy": busy,
                    "gpu_idle_share": max(0.0, 1.0 - busy / reserved) if reserved > 0 else None,
@@ -235,6 +235,15 @@ def run_rounds(group, plan: RoundPlan, out: Path, rounds: int, *, tracker=None, 
         if on_close is not None:
             on_close()
     return {"workers": workers, "history": history, "resumed_after_round": start, "worker_group_starts": starts}
+
+
+def _mean_metrics(metrics: list[dict]) -> dict[str, float]:
+    """Per key, the mean over the workers that report it (a worker with nothing to train reports no loss);
+    ``micro_batches`` is the sum."""
+    keys = sorted({k for m in metrics for k in m if k not in ("busy_s", "micro_batches")})
+    out = {k: float(np.mean([m[k] for m in metrics if k in m])) for k in keys}
+    out["micro_batches"] = float(sum(m.get("micro_batches", 0) for m in metrics))
+    return out
 
 
 def _ground_truth_means(records: list[dict]) -> dict[str, float]:
