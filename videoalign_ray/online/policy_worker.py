@@ -128,11 +128,14 @@ class PolicyWorker:
         return version
 
     def state(self) -> dict:
-        """``{"adapter": peft state (CPU float32), "optimizer": AdamW state dict, "version": v}``."""
+        """``{"adapter": peft state (CPU float32), "optimizer": AdamW state dict (tensors on CPU), "version": v}``."""
         from peft.utils import get_peft_model_state_dict
 
         adapter = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
-        return {"adapter": adapter, "optimizer": self.optimizer.state_dict(), "version": self.version}
+        opt = self.optimizer.state_dict()  # on CPU: the driver (no GPU) receives it; load_state_dict moves it back
+        opt["state"] = {i: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                        for i, st in opt["state"].items()}
+        return {"adapter": adapter, "optimizer": opt, "version": self.version}
 
     # ---- sample ----------------------------------------------------------------------------------
     def sample(self, round_: int, tasks: list[dict], sde_steps: tuple[int, ...]) -> list[dict]:
