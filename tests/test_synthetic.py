@@ -22,10 +22,10 @@ def test_render_is_deterministic_and_shaped():
     assert all(x2 > x1 for x1, x2 in zip(xs, xs[1:], strict=False))
 
 
-@pytest.fixture(scope="module")
-def scored():
+@pytest.fixture(scope="module", params=["classic", "large"])
+def scored(request):
     rng = np.random.default_rng(0)
-    scenes = all_scenes()
+    scenes = all_scenes(request.param)
     rows = []
     for i in range(80):
         k = {d: float(rng.uniform(0, 1)) for d in ("vq", "mq", "ta")}
@@ -56,6 +56,53 @@ def test_dataset_labels_and_splits(tmp_path):
     assert len(res.pairs) + res.ties == 10 and not res.rejects
     v = load_video(tmp_path / df.iloc[0]["path_A"], num_frames=8)
     assert v.frames.shape == (8, 32, 32, 3)
+
+
+def test_large_world_split_and_palette():
+    """The large grammar: 128 prompts, 48 held out (disjoint, every word still trained on); a scene drifts toward
+    and is scored against its own world's colours, so a classic scene never shows a large-world colour."""
+    from videoalign_ray.synthetic.world import EXTRA_COLORS, PALETTE, grammar
+
+    assert len(all_scenes("large")) == 128 and len({s.prompt for s in all_scenes("large")}) == 128
+    train, held = split_scenes(seed=0, world="large")
+    assert len(held) == 48 and len(train) == 80 and not {s.prompt for s in train} & {s.prompt for s in held}
+    g = grammar("large")
+    for attr, words in (("color", g.colors), ("shape", g.shapes), ("motion", g.motions)):
+        assert {getattr(s, attr) for s in train} == set(words)
+    assert split_scenes(seed=0)[1] == split_scenes(0.25, seed=0, world="classic")[1]  # classic default unchanged
+    with pytest.raises(ValueError, match="unknown synthetic world"):
+        all_scenes("huge")
+    def shape_color(frames):
+        f = frames[0].astype(int)
+        return tuple(int(v) for v in f[np.abs(f - 235).sum(-1) > 60][0])
+
+    seen = set()
+    for seed in range(12):  # ta = 0: the colour is entirely the "wrong" one
+        seen.add(shape_color(render(Scene("red", "circle", "left to right"), ta=0.0, num_frames=2, seed=seed)))
+    assert seen and not seen & {tuple(v) for v in EXTRA_COLORS.values()}
+    assert seen <= {tuple(v) for v in PALETTE.values()}
+    seen_large = set()
+    for seed in range(40):
+        seen_large.add(shape_color(render(Scene("red", "circle", "left to right", "large"), ta=0.0, num_frames=2,
+                                          seed=seed)))
+    assert seen_large & {tuple(v) for v in EXTRA_COLORS.values()}
+
+
+@pytest.mark.parametrize("motion,sign", [("top left to bottom right", (1, 1)), ("bottom left to top right", (1, -1))])
+def test_diagonal_motion_renders_and_scores(motion, sign):
+    """A perfect diagonal video moves along its diagonal and scores high TA and MQ; the reversed one scores the
+    direction term 0 (TA drops by its 0.2 weight)."""
+    from videoalign_ray.synthetic.scorers import score_mq, score_ta
+
+    sc = Scene("purple", "square", motion, "large")
+    video = render(sc, num_frames=8, size=32)
+    fg = np.linalg.norm(video.astype(float) - 235.0, axis=-1) > 60
+    xs = [np.nonzero(m)[1].mean() for m in fg]
+    ys = [np.nonzero(m)[0].mean() for m in fg]
+    assert np.sign(xs[-1] - xs[0]) == sign[0] and np.sign(ys[-1] - ys[0]) == sign[1]
+    assert abs(abs(xs[-1] - xs[0]) - abs(ys[-1] - ys[0])) < 1.0  # along the diagonal
+    assert score_ta(video, sc) > 0.95 and score_mq(video) > 0.9
+    assert score_ta(video[::-1], sc) == pytest.approx(score_ta(video, sc) - 0.2, abs=0.02)
 
 
 def test_mq_does_not_reward_standing_still():

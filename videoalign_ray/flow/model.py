@@ -64,6 +64,8 @@ PRESETS = {
 }
 
 TINY_WORLD_ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_world_base"
+# the tiny-world base of each synthetic world's grammar (synthetic.world.WORLDS)
+TINY_WORLD_ASSETS = {"classic": TINY_WORLD_ASSET, "large": TINY_WORLD_ASSET.parent / "tiny_world_large_base"}
 """The tiny preset pre-trained on the synthetic world (``jobs/pretrain_base.py``; its README has the command)."""
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -101,9 +103,11 @@ def materialize_tiny_base(target: str | Path, seed: int = 0) -> Path:
     return target
 
 
-def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Path, seed: int = 0) -> Path:
-    """The diffusers-format folder every worker loads: the tiny base (materialized) or ``model_path`` (a folder,
-    or a Hugging Face Hub id resolved from the local cache: :func:`~videoalign_ray.runtime.hub.resolve_model_location`).
+def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Path, seed: int = 0,
+                      world: str = "classic") -> Path:
+    """The diffusers-format folder every worker loads: the tiny base (materialized), the committed tiny-world base
+    of ``world`` (``classic`` or ``large``), or ``model_path`` (a folder, or a Hugging Face Hub id resolved from the
+    local cache: :func:`~videoalign_ray.runtime.hub.resolve_model_location`).
 
     Raises:
         ModelPathError: the real preset without an existing ``model_path`` holding ``transformer/``.
@@ -111,9 +115,10 @@ def resolve_model_dir(preset: str, model_path: str | None, output_dir: str | Pat
     if preset == "tiny":
         return materialize_tiny_base(Path(model_path) if model_path else Path(output_dir) / "base_model", seed)
     if preset == "tiny-world":
-        path = Path(model_path) if model_path else TINY_WORLD_ASSET
+        path = Path(model_path) if model_path else TINY_WORLD_ASSETS[world]
         if not (path / "transformer").is_dir():
-            raise ModelPathError(f"{path}: no pre-trained tiny-world base; create it with jobs/pretrain_base.py")
+            raise ModelPathError(f"{path}: no pre-trained tiny-world base; create it with jobs/pretrain_base.py "
+                                 f"--world {world}")
         return path
     if not model_path:
         raise ModelPathError(f"preset {preset!r} needs --model-path: a diffusers-format folder or a Hub id in the "

@@ -8,7 +8,7 @@ in [0, 1], higher is better. Inputs are uint8 frames ``(T, H, W, 3)``.
   fitted line travels over the clip relative to the world's travel (``travel_px``), capped at 1, so a shape
   that stands still (perfectly "smooth") does not score as good motion.
 - TA: 0.7 x colour agreement (the shape's mean colour between the prompt's colour, 1, and the nearest
-  other palette colour, 0) + 0.2 x direction agreement
+  other colour of the scene's world, 0) + 0.2 x direction agreement
   (cosine of the centroid's net motion with the prompt's) + 0.1 x shape agreement (fill ratio of the bounding box:
   circle pi/4, square 1).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from videoalign_ray.synthetic.world import BACKGROUND, COLORS, MOTIONS, Scene, travel_px
+from videoalign_ray.synthetic.world import BACKGROUND, DIRECTIONS, Scene, travel_px
 
 _BG = np.array(BACKGROUND, np.float32)
 
@@ -92,8 +92,9 @@ def score_ta(frames: np.ndarray, scene: Scene) -> float:
     core = mask & (dist >= 0.8 * dist.reshape(len(dist), -1).max(axis=1)[:, None, None])
     mean_color = np.median(clean[core], axis=0)
     # relative distance: 1 at the prompt's colour, 0 at another palette colour (linear along a blend)
-    d_right = float(np.linalg.norm(mean_color - np.array(COLORS[scene.color], np.float32)))
-    d_other = min(float(np.linalg.norm(mean_color - np.array(v, np.float32))) for k, v in COLORS.items()
+    palette = scene.palette
+    d_right = float(np.linalg.norm(mean_color - np.array(palette[scene.color], np.float32)))
+    d_other = min(float(np.linalg.norm(mean_color - np.array(v, np.float32))) for k, v in palette.items()
                   if k != scene.color)
     color = d_other / max(d_right + d_other, 1e-6)
     c = _centroids(mask)
@@ -102,7 +103,8 @@ def score_ta(frames: np.ndarray, scene: Scene) -> float:
     if ok.sum() >= 2:
         first, last = c[ok][0], c[ok][-1]
         move = last - first
-        want = np.array(MOTIONS[scene.motion], np.float32)
+        want = np.array(DIRECTIONS[scene.motion], np.float32)
+        want /= np.linalg.norm(want)
         norm = np.linalg.norm(move)
         if norm > 1e-3:
             direction = 0.5 * (1.0 + float(move @ want) / norm)

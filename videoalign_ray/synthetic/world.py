@@ -8,6 +8,12 @@ shape on a plain background with three independent quality knobs in [0, 1] (1 = 
   below 0.3 the direction is reversed and below 0.15 the shape is the other one.
 Preference labels per dimension come from the knob gaps (a gap under ``tie_margin`` is ``same``).
 Deterministic by seed.
+
+Two grammars (``world``): ``classic`` (the default: 4 colours x 2 shapes x 4 motions = 32 prompts, 8 held out)
+and ``large`` (8 colours x 2 shapes x 8 motions, diagonals included = 128 prompts, 48 held out) for experiments
+whose confidence intervals over held-out prompts must be narrow. A scene renders and scores against its own
+grammar's palette (the "other" colour of a drifting or mis-coloured video is one of its world's colours), so the
+classic world renders and scores exactly as before the large one existed.
 """
 
 from __future__ import annotations
@@ -23,16 +29,56 @@ from videoalign_ray.runtime.fileio import atomic_path
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square")
 MOTIONS = {"left to right": (1, 0), "right to left": (-1, 0), "top to bottom": (0, 1), "bottom to top": (0, -1)}
+# the large grammar's extra colours (RGB; each >= 70 apart from every other colour and > 120 from the background)
+# and diagonal motions (screen axes: x right, y down)
+EXTRA_COLORS = {"purple": (150, 50, 200), "orange": (245, 140, 20), "cyan": (30, 200, 210), "pink": (240, 120, 190)}
+EXTRA_MOTIONS = {"top left to bottom right": (1, 1), "bottom right to top left": (-1, -1),
+                 "top right to bottom left": (-1, 1), "bottom left to top right": (1, -1)}
+PALETTE = {**COLORS, **EXTRA_COLORS}
+DIRECTIONS = {**MOTIONS, **EXTRA_MOTIONS}
 BACKGROUND = (235, 235, 235)
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """The words a world's prompts combine: colour x shape x motion, and the share held out of training."""
+
+    colors: tuple[str, ...]
+    shapes: tuple[str, ...]
+    motions: tuple[str, ...]
+    heldout_fraction: float
+
+
+WORLDS = {
+    "classic": Grammar(tuple(COLORS), SHAPES, tuple(MOTIONS), 0.25),
+    "large": Grammar(tuple(PALETTE), SHAPES, tuple(DIRECTIONS), 0.375),
+}
+
+
+def grammar(world: str) -> Grammar:
+    """The :class:`Grammar` of ``world`` (``classic`` or ``large``).
+
+    Raises:
+        ValueError: an unknown world.
+    """
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; choose one of {sorted(WORLDS)}")
+    return WORLDS[world]
+
+
+@dataclass(frozen=True)
 class Scene:
-    """What a prompt asks for."""
+    """What a prompt asks for; ``world`` names the grammar whose palette it renders and scores against."""
 
     color: str
     shape: str
     motion: str
+    world: str = "classic"
+
+    @property
+    def palette(self) -> dict[str, tuple[int, int, int]]:
+        """The colours of this scene's world (name -> RGB)."""
+        return {c: PALETTE[c] for c in grammar(self.world).colors}
 
     @property
     def prompt(self) -> str:
@@ -44,24 +90,36 @@ def travel_px(size: int) -> float:
     return size - 2 * (size * 0.16 + 1)
 
 
-def all_scenes() -> list[Scene]:
-    """The world's 32 prompts (4 colours x 2 shapes x 4 motions), in a fixed order."""
-    return [Scene(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
+def all_scenes(world: str = "classic") -> list[Scene]:
+    """Every prompt of ``world`` in a fixed order: classic 32 (4 colours x 2 shapes x 4 motions), large 128."""
+    g = grammar(world)
+    return [Scene(c, s, m, world) for c in g.colors for s in g.shapes for m in g.motions]
 
 
-def split_scenes(heldout_fraction: float = 0.25, seed: int = 0) -> tuple[list[Scene], list[Scene]]:
-    """Disjoint (train, held-out) prompt lists; every colour, shape and motion still occurs in train."""
-    scenes = all_scenes()
+def split_scenes(heldout_fraction: float | None = None, seed: int = 0,
+                 world: str = "classic") -> tuple[list[Scene], list[Scene]]:
+    """Disjoint (train, held-out) prompt lists of ``world``; every colour, shape and motion still occurs in train.
+
+    ``heldout_fraction``: default the world's (classic 0.25 = 8 of 32, large 0.375 = 48 of 128).
+    """
+    g = grammar(world)
+    scenes = all_scenes(world)
+    frac = g.heldout_fraction if heldout_fraction is None else heldout_fraction
     rng = np.random.default_rng(seed)
     for _ in range(1000):
         order = rng.permutation(len(scenes))
-        n_held = max(1, round(heldout_fraction * len(scenes)))
+        n_held = max(1, round(frac * len(scenes)))
         held = [scenes[i] for i in order[:n_held]]
         train = [scenes[i] for i in order[n_held:]]
         if all({getattr(s, a) for s in train} == set(v) for a, v in
-               (("color", COLORS), ("shape", SHAPES), ("motion", MOTIONS))):
+               (("color", g.colors), ("shape", g.shapes), ("motion", g.motions))):
             return train, held
     raise RuntimeError("no split keeps every attribute in train")
+
+
+def scene_index(world: str = "classic") -> dict[str, Scene]:
+    """Prompt text -> :class:`Scene` for every prompt of ``world``."""
+    return {s.prompt: s for s in all_scenes(world)}
 
 
 def _blur(frame: np.ndarray, radius: int) -> np.ndarray:
@@ -85,9 +143,9 @@ def render(
 ) -> np.ndarray:
     """Render uint8 frames ``(num_frames, size, size, 3)`` of ``scene`` with the given quality knobs."""
     rng = np.random.default_rng(seed)
-    (dx, dy), shape = MOTIONS[scene.motion], scene.shape
-    wrong = [c for c in COLORS if c != scene.color][rng.integers(len(COLORS) - 1)]
-    color = ta * np.array(COLORS[scene.color], np.float32) + (1 - ta) * np.array(COLORS[wrong], np.float32)
+    (dx, dy), shape, palette = DIRECTIONS[scene.motion], scene.shape, scene.palette
+    wrong = [c for c in palette if c != scene.color][rng.integers(len(palette) - 1)]
+    color = ta * np.array(palette[scene.color], np.float32) + (1 - ta) * np.array(palette[wrong], np.float32)
     if ta < 0.3:  # wrong direction
         dx, dy = -dx, -dy
     if ta < 0.15:  # and wrong shape
