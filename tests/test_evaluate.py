@@ -64,3 +64,69 @@ def test_clustered_interval_counts_prompts_not_samples():
     w8 = wilson_interval(0.75, 8)
     assert 0.6 < (hi - lo) / (w8[1] - w8[0]) < 1.4
     assert win_rate(outcome, np.full(128, 0.5), prompts) == (rate, lo, hi)  # seeded: reproducible
+
+
+def test_paired_comparison_pairs_by_prompt_and_seed():
+    """paired_comparison is win_rate (bootstrap over prompts) on the two sides' scores, and refuses two lists
+    that are not the same samples."""
+    from videoalign_ray.synthetic.evaluate import paired_comparison
+
+    rng = np.random.default_rng(1)
+    keys = [(f"p{i % 5}", 100 + i) for i in range(20)]
+    a = [{"prompt": p, "seed": s, "VQ": rng.random(), "MQ": rng.random(), "TA": rng.random()} for p, s in keys]
+    b = [{"prompt": p, "seed": s, "VQ": rng.random(), "MQ": 0.5, "TA": r["TA"]} for (p, s), r in zip(keys, a, strict=True)]
+    res = paired_comparison(a, b)
+    assert res["n"] == 20
+    assert res["win_rate"]["VQ"] == win_rate([r["VQ"] for r in a], [r["VQ"] for r in b], [p for p, _ in keys])
+    assert res["win_rate"]["TA"][0] == 0.5  # equal scores: every sample a tie
+    assert res["policy_mean"]["MQ"] == pytest.approx(np.mean([r["MQ"] for r in a])) and res["reference_mean"]["MQ"] == 0.5
+    with pytest.raises(ValueError, match="same"):
+        paired_comparison(a, b[::-1])
+
+
+def test_score_generators_shares_seeds_and_matches_compare(tmp_path):
+    """Every generator is sampled on the same (prompt, seed) list: the base twice gives identical rows, and
+    compare_generators (built on it) reports the same scores for its reference side."""
+    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+    from videoalign_ray.synthetic.evaluate import Generator, compare_generators, score_generators
+    from videoalign_ray.synthetic.world import split_scenes
+
+    p = PRESETS["tiny-world"]
+    base = Generator(str(resolve_model_dir("tiny-world", None, tmp_path)))
+    held = split_scenes(seed=0)[1][:2]
+    kw = dict(samples_per_prompt=2, seed=3, num_frames=p.num_frames, height=p.height, width=p.width,
+              max_text_tokens=p.max_text_tokens, steps=3)
+    rows, videos = score_generators({"a": base, "b": base}, held, **kw)
+    assert rows["a"] == rows["b"] and np.array_equal(videos["a"], videos["b"])
+    assert [r["prompt"] for r in rows["a"]] == [s.prompt for s in held for _ in range(2)]
+    assert len({r["seed"] for r in rows["a"]}) == 4
+    res = compare_generators(base, base, held, **kw)
+    assert [x["reference_TA"] for x in res["scores"]] == [r["TA"] for r in rows["a"]]
+    assert all(w == (0.5, 0.5, 0.5) for w in res["win_rate"].values())
+
+
+def test_prompts_for_half_width_matches_the_bootstrap():
+    """The prompt count prompts_for_half_width gives for +-0.1 (sd measured on many prompts) gives bootstrap
+    intervals of about +-0.1 over that many prompts, and 8 prompts give much wider ones."""
+    from videoalign_ray.synthetic.evaluate import paired_comparison, prompts_for_half_width
+
+    rng = np.random.default_rng(0)
+
+    def rows(n_prompts):
+        a, b = [], []
+        for p in range(n_prompts):
+            wins = rng.random(8) < rng.uniform(0.1, 1.0)  # per-prompt win probability varies
+            for k, w in enumerate(wins):
+                a.append({"prompt": f"p{p}", "seed": k, "VQ": float(w), "MQ": 0.0, "TA": 0.0})
+                b.append({"prompt": f"p{p}", "seed": k, "VQ": 0.5, "MQ": 0.0, "TA": 0.0})
+        return paired_comparison(a, b)
+
+    def half(res):
+        _, lo, hi = res["win_rate"]["VQ"]
+        return (hi - lo) / 2
+
+    n = prompts_for_half_width(rows(400)["prompt_sd"]["VQ"])
+    assert 25 < n < 50
+    assert 0.085 < np.mean([half(rows(n)) for _ in range(10)]) < 0.115
+    assert np.mean([half(rows(8)) for _ in range(10)]) > 0.15
+    assert prompts_for_half_width(0.0) == 2

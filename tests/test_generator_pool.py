@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from videoalign_ray.pipelines.generator_pool import GeneratorPool
+from videoalign_ray.online.generator_pool import GeneratorPool
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 

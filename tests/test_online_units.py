@@ -195,13 +195,12 @@ def test_a_separate_round_trains_with_the_online_configs_dpo_section(tmp_path):
     from types import SimpleNamespace
 
     from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
-    from videoalign_ray.pipelines.online_rounds import RoundRunner
+    from videoalign_ray.pipelines.online_dpo_separate import FlowDPORoundTrainer
 
     cfg = OnlineDPOConfig(beta=250.0, beta_schedule="time_dependent", placement="separate", num_frames=6).effective()
-    runner = RoundRunner.__new__(RoundRunner)
-    runner.cfg, runner.out, runner.model_dir = cfg, tmp_path, tmp_path / "model"
-    runner.job = SimpleNamespace(tracking_uri=f"sqlite:///{tmp_path}/m.db")
-    flow = runner._flow_cfg(2, None, None)
+    runner = SimpleNamespace(cfg=cfg, out=tmp_path, model_dir=tmp_path / "model", use_gpu=False,
+                             job=SimpleNamespace(tracking_uri=f"sqlite:///{tmp_path}/m.db"))
+    flow = FlowDPORoundTrainer(runner).config(2, None, None)
     assert (flow.beta, flow.beta_schedule, flow.num_frames, flow.seed) == (250.0, "time_dependent", 6, cfg.seed + 2)
     assert flow.model_path == str(tmp_path / "model") and flow.max_steps == cfg.steps_per_round
 
@@ -247,3 +246,44 @@ def test_round_metrics_tolerate_a_worker_with_nothing_to_train():
                          {"loss": 0.5, "implicit_acc": 1.0, "micro_batches": 3, "busy_s": 2.0},
                          {"loss": 0.7, "implicit_acc": 0.0, "micro_batches": 1, "busy_s": 2.0}])
     assert got == {"loss": 0.6, "implicit_acc": 0.5, "micro_batches": 4.0}
+
+
+def test_online_prompts_default_to_the_worlds_train_split_and_reject_unknown_ones(tmp_path):
+    """load_online_prompts: without a file, the world's train prompts (classic 24, large 80) with their scenes;
+    a file's prompt outside the world is rejected (row and reason) under the ground-truth reward, kept when served;
+    nothing usable is an error."""
+    from videoalign_ray.errors import DataError
+    from videoalign_ray.online.prompts import load_online_prompts
+    from videoalign_ray.synthetic.world import split_scenes
+
+    def words(p):
+        return len(p.split())
+
+    for world, n in (("classic", 24), ("large", 80)):
+        prompts, rejects, scenes = load_online_prompts(None, "prompt", count_tokens=words, max_tokens=16, world=world,
+                                                       seed=0, ground_truth=True)
+        assert prompts == [s.prompt for s in split_scenes(seed=0, world=world)[0]] and len(prompts) == n
+        assert not rejects and all(scenes[p].world == world and scenes[p].prompt == p for p in prompts)
+    f = tmp_path / "prompts.txt"
+    f.write_text("a purple circle moving top left to bottom right\na cat surfing a wave\n")
+    kept, rejects, scenes = load_online_prompts(f, "prompt", count_tokens=words, max_tokens=16, world="large", seed=0,
+                                                ground_truth=True)
+    assert kept == ["a purple circle moving top left to bottom right"] and list(scenes) == kept
+    assert [(r.row, r.reason) for r in rejects] == [(2, "not a synthetic-world prompt: no ground-truth reward")]
+    with pytest.raises(DataError, match="no usable prompt"):  # the classic world has no purple
+        load_online_prompts(f, "prompt", count_tokens=words, max_tokens=16, world="classic", seed=0, ground_truth=True)
+    kept, rejects, scenes = load_online_prompts(f, "prompt", count_tokens=words, max_tokens=16, world="classic",
+                                                seed=0, ground_truth=False)
+    assert len(kept) == 2 and not rejects and not scenes
+
+
+def test_online_configs_take_the_world_and_reject_prompts_per_round_when_separate():
+    from videoalign_ray.pipelines.online_dpo import OnlineDPOConfig
+    from videoalign_ray.pipelines.online_grpo import OnlineGRPOConfig
+
+    assert OnlineGRPOConfig(world="large", prompts="p.txt", preset="wan2.1-1.3b").world == "large"
+    assert OnlineDPOConfig(world="large", prompts_per_round=8).prompts_per_round == 8
+    with pytest.raises(ValueError, match="prompts-per-round is a colocated option"):
+        OnlineDPOConfig(prompts_per_round=8, placement="separate")
+    with pytest.raises(ValueError, match="world"):
+        OnlineGRPOConfig(world="huge")

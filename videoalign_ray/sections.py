@@ -117,6 +117,15 @@ class ModelSection(JobConfig):
     width: int | None = Field(None, gt=0, description="Pixels; default from the preset.")
 
 
+class WorldSection(JobConfig):
+    """Which synthetic world a job's default prompts, ground truth and tiny-world base come from."""
+
+    world: Literal["classic", "large"] = Field(
+        "classic", description="Synthetic world grammar: classic (32 prompts, 8 held out) or large (128 prompts, "
+        "48 held out: narrower intervals over held-out prompts); picks the world's prompts, ground-truth scorers "
+        "and the tiny-world base pre-trained on it.")
+
+
 class SamplingSection(JobConfig):
     """How a job samples videos (``flow.sampling.SamplingSettings.of``): the same flags in every job that samples."""
 

@@ -53,3 +53,25 @@ def validate_prompts(raw: list[str], count_tokens, max_tokens: int,
             seen[prompt] = row
             kept.append(prompt)
     return kept, rejects
+
+
+def load_online_prompts(path: str | Path | None, column: str, *, count_tokens, max_tokens: int, world: str,
+                        seed: int, ground_truth: bool) -> tuple[list[str], list[Reject], dict]:
+    """An online job's prompts: ``path`` (:func:`read_prompt_lines`) or, without one, the train prompts of the
+    synthetic ``world`` (split ``seed``), validated by :func:`validate_prompts`; with ``ground_truth`` every
+    prompt must be one of the world's.
+
+    Returns ``(prompts, rejects, scenes)``: ``scenes`` maps each kept world prompt to its
+    :class:`~videoalign_ray.synthetic.world.Scene` (what the ground-truth scorers need).
+
+    Raises:
+        DataError: an unreadable file, or no usable prompt at all.
+    """
+    from videoalign_ray.synthetic.world import scene_index, split_scenes
+
+    raw = read_prompt_lines(path, column) if path else [s.prompt for s in split_scenes(seed=seed, world=world)[0]]
+    index = scene_index(world)
+    prompts, rejects = validate_prompts(raw, count_tokens, max_tokens, set(index) if ground_truth else None)
+    if not prompts:
+        raise DataError(f"no usable prompt ({len(rejects)} rejected: see rejects.csv)")
+    return prompts, rejects, {p: index[p] for p in prompts if p in index}

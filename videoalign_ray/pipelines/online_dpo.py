@@ -25,13 +25,14 @@ from videoalign_ray.sections import (
     RuntimeSection,
     SamplingSection,
     Weights,
+    WorldSection,
     parse_weights,
 )
 
 log = logging.getLogger(__name__)
 
 
-class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, RewardSection, DPOSection):
+class OnlineDPOConfig(RuntimeSection, ModelSection, WorldSection, SamplingSection, RewardSection, DPOSection):
     """Config of ``jobs/online_dpo.py``."""
 
     placement: Literal["auto", "colocated", "separate"] = Field(
@@ -48,6 +49,8 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, RewardSecti
                                 "synthetic world's train prompts.")
     prompt_column: str = Field("prompt", description="Column of a --prompts table.")
     samples_per_prompt: int = Field(4, ge=2, description="K videos per prompt and round.")
+    prompts_per_round: int | None = Field(None, ge=1, description="Colocated: prompts drawn (without replacement) "
+                                          "per round; default every prompt every round.")
     generator_actors: int = Field(2, ge=1, description="Generation actors (one GPU each when the cluster has GPUs).")
     sample_steps: int = Field(12, ge=1, description="Denoising steps per generated video.")
     guidance_scale: float = Field(0.0, ge=0, description="Flow-NRG scale during sampling (needs --reward-endpoint).")
@@ -111,6 +114,9 @@ class OnlineDPOConfig(RuntimeSection, ModelSection, SamplingSection, RewardSecti
             raise ValueError("placement colocated samples with Euler and no Flow-NRG guide, against the base "
                              "reference, from this round's samples: use --placement separate for --guidance-scale, "
                              "--reference previous or --replay-rounds")
+        if self.prompts_per_round is not None and self.resolved_placement == "separate":
+            raise ValueError("--prompts-per-round is a colocated option: the separate placement samples every "
+                             "prompt every round")
         return self
 
     @property
@@ -138,26 +144,6 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
             from videoalign_ray.pipelines.online_dpo_colocated import run_colocated
 
             return run_colocated(cfg, job)
-        return _run(cfg, job)
+        from videoalign_ray.pipelines.online_dpo_separate import run_separate
 
-
-def _run(cfg: OnlineDPOConfig, job) -> dict:
-    from videoalign_ray.data.io import write_rejects
-    from videoalign_ray.online.store import PairStore
-    from videoalign_ray.pipelines.online_rounds import RoundRunner
-
-    runner = RoundRunner(cfg, job)
-    prompts, rejects = runner.load_prompts()
-    job.tracker.log_artifact(write_rejects(job.out / "rejects.csv", rejects))
-    job.tracker.log_metrics({"prompts": len(prompts), "prompt_rejects": len(rejects)}, step=0)
-    store = PairStore(job.out / "pairs")
-    history = []
-    try:
-        for r in range(1, cfg.rounds + 1):
-            history.append(runner.run_round(r, prompts, store))
-    finally:
-        runner.close()
-    summary = {"rounds": history, "pairs_dir": str(store.root), "prompts": len(prompts),
-               "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
-               "final_policy": history[-1]["policy"], "reward": runner.reward_kind, "placement": "separate"}
-    return job.complete(summary)
+        return run_separate(cfg, job)

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 def run_colocated(cfg, job) -> dict:
     """Run (or resume) every round of ``cfg`` (an ``OnlineDPOConfig``) in ``job``; returns the summary."""
+    from dataclasses import asdict
+
     import numpy as np
 
     from videoalign_ray.data.io import write_rejects
@@ -24,12 +26,13 @@ def run_colocated(cfg, job) -> dict:
     from videoalign_ray.online.colocated_rounds import RoundPlan, run_rounds
     from videoalign_ray.online.policy_worker import PolicySpec
     from videoalign_ray.online.selection import round_table, weighted_reward
+    from videoalign_ray.online.separate_rounds import reward_stats
     from videoalign_ray.online.store import PairStore
     from videoalign_ray.pipelines.model_card import base_model_name
-    from videoalign_ray.pipelines.online_rounds import RoundRunner, _reward_stats
+    from videoalign_ray.pipelines.online_dpo_separate import online_runner
     from videoalign_ray.sections import parse_weights
 
-    runner = RoundRunner(cfg, job)  # prompts, reward (ground truth or the Serve app), the latent-cache spec
+    runner = online_runner(cfg, job)  # prompts, reward (ground truth or the Serve app), the latent-cache spec
     runner.rewards.gpus = cfg.reward_gpu_share
     prompts, rejects = runner.load_prompts()
     job.tracker.log_artifact(write_rejects(job.out / "rejects.csv", rejects))
@@ -50,7 +53,7 @@ def run_colocated(cfg, job) -> dict:
     def select(r, records, rewards):
         table, counts = round_table(records, rewards.tolist(), r, weights=weights, pair_rule=cfg.pair_rule,
                                     min_margin=cfg.min_margin)
-        stats = _reward_stats(records, rewards.tolist())
+        stats = reward_stats(records, rewards.tolist())
         store.commit(r, table, {"policy_version": r - 1, **counts, **stats})
         index = {s["path"]: s["sample"] for rec in records for s in rec["samples"]}
         items: dict[int, list] = {}
@@ -63,9 +66,9 @@ def run_colocated(cfg, job) -> dict:
                        "reward_mean": float(weighted.mean()), "reward_std": float(weighted.std()),
                        "reward_stats": stats}
 
-    scenes = {p: runner.scenes[p].__dict__ for p in prompts if p in runner.scenes and runner.reward_kind == "ground-truth"}
+    scenes = {p: asdict(runner.scenes[p]) for p in prompts if p in runner.scenes and runner.reward_kind == "ground-truth"}
     plan = RoundPlan(
-        prompts=tuple(prompts), prompts_per_round=len(prompts), samples_per_prompt=cfg.samples_per_prompt,
+        prompts=tuple(prompts), prompts_per_round=cfg.prompts_per_round or len(prompts), samples_per_prompt=cfg.samples_per_prompt,
         sample_steps=cfg.sample_steps, sde_window=0, sde_window_start=None, updates=cfg.steps_per_round,
         seed=cfg.seed, reward=reward, select=select, scenes=scenes, sample_timeout_s=cfg.group_timeout_s,
         train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
@@ -91,7 +94,8 @@ def _evaluate(cfg, runner, policy: str) -> dict:
 
     enc = runner.spec.encode
     res = compare_generators_remote(
-        Generator(str(runner.model_dir), policy), Generator(str(runner.model_dir)), split_scenes(seed=cfg.seed)[1],
+        Generator(str(runner.model_dir), policy), Generator(str(runner.model_dir)),
+        split_scenes(seed=cfg.seed, world=cfg.world)[1],
         use_gpu=runner.use_gpu, samples_per_prompt=cfg.eval_samples_per_prompt, seed=cfg.seed + 7,
         num_frames=enc.num_frames, height=enc.height, width=enc.width, max_text_tokens=enc.max_text_tokens,
         steps=cfg.sample_steps, shift=cfg.sample_shift or 1.0)

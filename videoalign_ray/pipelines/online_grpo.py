@@ -15,20 +15,25 @@ from pydantic import Field
 
 from videoalign_ray.flow.objectives.grpo import GRPOSection
 from videoalign_ray.runtime.job import job_run
-from videoalign_ray.sections import ModelSection, RewardSection, RuntimeSection, parse_weights
+from videoalign_ray.sections import ModelSection, RewardSection, RuntimeSection, WorldSection, parse_weights
 
 log = logging.getLogger(__name__)
 
 
-class OnlineGRPOConfig(RuntimeSection, ModelSection, RewardSection, GRPOSection):
+class OnlineGRPOConfig(RuntimeSection, ModelSection, WorldSection, RewardSection, GRPOSection):
     """Config of ``jobs/online_grpo.py``."""
 
     output_dir: str = Field("outputs/online_grpo", description="samples/, rounds/ (policy and optimizer per "
                             "round), MLflow store.")
-    preset: Literal["tiny-world"] = Field("tiny-world", description="Generator preset: the tiny base pre-trained "
-                                          "on the synthetic world (its ground truth is the reward).")
+    preset: Literal["tiny", "tiny-world", "wan2.1-1.3b"] = Field(
+        "tiny-world", description="Generator preset (default: the tiny base pre-trained on the synthetic world, "
+        "whose ground truth is the default reward); wan2.1-1.3b needs --model-path and, for prompts outside the "
+        "world, a served reward.")
+    prompts: str | None = Field(None, description="Text file (one prompt per line) or a table; default: the "
+                                "synthetic world's train prompts. Rejected prompts go to rejects.csv.")
+    prompt_column: str = Field("prompt", description="Column of a --prompts table.")
     rounds: int = Field(4, ge=1, description="Rounds of sample -> reward -> advantage -> train.")
-    prompts_per_round: int = Field(8, ge=1, description="Prompt groups per round, drawn from the world's train prompts.")
+    prompts_per_round: int = Field(8, ge=1, description="Prompt groups per round, drawn from the prompts.")
     samples_per_prompt: int = Field(4, ge=2, description="K samples per prompt (the group of the advantage).")
     num_workers: int = Field(2, ge=1, description="Colocated workers (one GPU each on a GPU cluster): each samples "
                              "and trains.")
@@ -72,12 +77,14 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
 
     import numpy as np
 
-    from videoalign_ray.flow.model import PRESETS, resolve_model_dir
+    from videoalign_ray.data.io import write_rejects
+    from videoalign_ray.flow.model import PRESETS, resolve_model_dir, text_tokenizer
     from videoalign_ray.flow.objectives.grpo import group_advantages
     from videoalign_ray.flow.objectives.registry import get_objective
     from videoalign_ray.online.colocated import WorkerGroup
     from videoalign_ray.online.colocated_rounds import RoundPlan, run_rounds
     from videoalign_ray.online.policy_worker import PolicySpec
+    from videoalign_ray.online.prompts import load_online_prompts
     from videoalign_ray.online.rewards import RewardSource
     from videoalign_ray.online.selection import weighted_reward
     from videoalign_ray.pipelines.model_card import base_model_name
@@ -85,10 +92,17 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
     from videoalign_ray.synthetic.world import split_scenes
 
     preset = PRESETS[cfg.preset]
-    model_dir = resolve_model_dir(cfg.preset, cfg.model_path, job.out, cfg.seed)
-    train_scenes, held = split_scenes(seed=cfg.seed)
+    model_dir = resolve_model_dir(cfg.preset, cfg.model_path, job.out, cfg.seed, cfg.world)
+    held = split_scenes(seed=cfg.seed, world=cfg.world)[1]
     weights = parse_weights(cfg.reward_weights)
     use_gpu = use_gpu_default(None)
+    rewards = RewardSource.of(cfg, job.out / "samples", use_gpu)
+    rewards.gpus = cfg.reward_gpu_share
+    tok = text_tokenizer(model_dir)
+    prompts, rejects, scenes = load_online_prompts(
+        cfg.prompts, cfg.prompt_column, count_tokens=lambda p: len(tok(p).input_ids),
+        max_tokens=preset.max_text_tokens, world=cfg.world, seed=cfg.seed, ground_truth=rewards.kind == "ground-truth")
+    job.tracker.log_artifact(write_rejects(job.out / "rejects.csv", rejects))
     spec = PolicySpec(
         model_dir=str(model_dir), samples_dir=str(job.out / "samples"), max_text_tokens=preset.max_text_tokens,
         num_frames=cfg.num_frames or preset.num_frames, height=cfg.height or preset.height,
@@ -97,9 +111,6 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
         lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank, lr=cfg.lr, grad_clip=cfg.grad_clip,
         micro_batch=cfg.micro_batch or cfg.samples_per_prompt, seed=cfg.seed, fail_on_round=cfg.fail_worker_on,
         fault_marker=str(job.out / ".worker_fault"))
-
-    rewards = RewardSource.of(cfg, job.out / "samples", use_gpu)
-    rewards.gpus = cfg.reward_gpu_share
 
     def reward(r, records):
         return rewards.score(records)
@@ -113,10 +124,11 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
         return items, {"reward_mean": float(weighted.mean()), "reward_std": float(weighted.std())}
 
     plan = RoundPlan(
-        prompts=tuple(s.prompt for s in train_scenes), prompts_per_round=cfg.prompts_per_round,
+        prompts=tuple(prompts), prompts_per_round=cfg.prompts_per_round,
         samples_per_prompt=cfg.samples_per_prompt, sample_steps=cfg.sample_steps, sde_window=cfg.sde_window,
         sde_window_start=cfg.sde_window_start, updates=cfg.updates_per_round, seed=cfg.seed, reward=reward,
-        select=select, scenes={s.prompt: asdict(s) for s in train_scenes},
+        select=select,
+        scenes={p: asdict(s) for p, s in scenes.items()} if rewards.kind == "ground-truth" else {},
         sample_timeout_s=cfg.sample_timeout_s, train_timeout_s=cfg.train_timeout_s, fail_at_round=cfg.fail_at_round)
     group = WorkerGroup(spec, size=cfg.num_workers, use_gpu=use_gpu, start_timeout_s=cfg.start_timeout_s,
                         gpu_per_worker=1.0 - cfg.reward_gpu_share if rewards.kind == "served" else 1.0)
@@ -124,9 +136,11 @@ def _run(cfg: OnlineGRPOConfig, job) -> dict:
                       base_model=base_model_name(cfg.preset, cfg.model_path), restarts=cfg.worker_restarts,
                       on_close=rewards.close)
     history, start = done["history"], done["resumed_after_round"]
-    heldout = _evaluate(cfg, model_dir, history[-1]["policy"], held, preset, use_gpu) if history else None
+    world_base = cfg.preset == "tiny-world"  # the held-out world prompts judge a generator trained on the world
+    heldout = _evaluate(cfg, model_dir, history[-1]["policy"], held, preset, use_gpu) if history and world_base else None
     summary = {"rounds": history, "resumed_after_round": start, "final_policy": history[-1]["policy"], "reward": rewards.kind,
-               "workers": done["workers"], "placement": "colocated", "heldout": heldout,
+               "workers": done["workers"], "placement": "colocated", "heldout": heldout, "prompts": len(prompts),
+               "prompt_rejects": len(rejects), "rejects_csv": str(job.out / "rejects.csv"),
                "gpu_idle_share": [h["gpu_idle_share"] for h in history],
                "worker_group_starts": done["worker_group_starts"], "rounds_run": len(history) - start}
     return job.complete(summary)

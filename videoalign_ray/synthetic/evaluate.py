@@ -111,6 +111,86 @@ def frame_grid(rows: list[np.ndarray], scale: int = 3):
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def _held_out_seeds(scenes: list[Scene], samples_per_prompt: int, seed: int) -> tuple[list[Scene], list[int]]:
+    """Each scene repeated ``samples_per_prompt`` times, and the noise seed of every sample."""
+    scene_of = [s for s in scenes for _ in range(samples_per_prompt)]
+    return scene_of, [seed * 100_000 + i for i in range(len(scene_of))]
+
+
+def score_generators(
+    generators: dict[str, Generator], scenes: list[Scene], *, samples_per_prompt: int, seed: int, num_frames: int,
+    height: int, width: int, max_text_tokens: int, steps: int = 20, shift: float = 1.0,
+) -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
+    """Sample every scene ``samples_per_prompt`` times from each generator, with the same noise seeds for all of
+    them, and score every video with the ground truth.
+
+    All generators must share one base folder (VAE and text encoder are loaded once from the first). Loads the
+    models on this process's device (bf16 on CUDA): call it in a Ray task (:func:`score_generators_remote`).
+
+    Returns ``(rows, videos)``: per name, one row per sample ``{"prompt", "seed", "VQ", "MQ", "TA"}`` (the same
+    prompt/seed order for every name) and the uint8 videos ``(N, T, H, W, 3)``.
+    """
+    from videoalign_ray.flow.model import TextEncoder, load_vae
+    from videoalign_ray.runtime.placement import compute_dtype, worker_device
+
+    device = worker_device()
+    dtype = compute_dtype(device)
+    scene_of, seeds = _held_out_seeds(scenes, samples_per_prompt, seed)
+    prompts = [s.prompt for s in scene_of]
+    first = next(iter(generators.values()))
+    vae = load_vae(first.model_dir).to(device)
+    text = TextEncoder(first.model_dir, max_text_tokens, device)
+    kw = dict(num_frames=num_frames, height=height, width=width, steps=steps, shift=shift)
+    rows, videos = {}, {}
+    for name, gen in generators.items():
+        with torch.no_grad():
+            videos[name] = sample_world_videos(gen.load(dtype).to(device), vae, text, prompts, seeds, **kw)
+        rows[name] = [{"prompt": sc.prompt, "seed": seeds[i], **score_video(videos[name][i], sc)}
+                      for i, sc in enumerate(scene_of)]
+    return rows, videos
+
+
+def paired_comparison(policy_rows: list[dict], reference_rows: list[dict]) -> dict:
+    """Win rates of one generator's scored samples over another's, paired by (prompt, seed).
+
+    Rows as :func:`score_generators` returns them (same order). Returns ``{"n", "prompts", "win_rate": {dim:
+    (rate, lo, hi)}, "prompt_sd": {dim: sd}, "policy_mean": {dim: x}, "reference_mean": {...}, "scores":
+    [per-sample rows]}``; the interval is the bootstrap over prompts of :func:`win_rate`; ``prompt_sd`` the
+    standard deviation of the per-prompt win rates (what :func:`prompts_for_half_width` needs).
+
+    Raises:
+        ValueError: the two lists are not the same samples (prompt and seed, in order).
+    """
+    if [(r["prompt"], r["seed"]) for r in policy_rows] != [(r["prompt"], r["seed"]) for r in reference_rows]:
+        raise ValueError("paired comparison needs the same (prompt, seed) samples in the same order on both sides")
+    rows = [{"prompt": p["prompt"], "seed": p["seed"], **{f"reference_{d}": r[d] for d in DIMS},
+             **{f"policy_{d}": p[d] for d in DIMS}} for p, r in zip(policy_rows, reference_rows, strict=True)]
+    prompts = sorted({x["prompt"] for x in rows})
+
+    def prompt_sd(d: str) -> float:
+        per = [np.mean([1.0 if x[f"policy_{d}"] > x[f"reference_{d}"] else 0.0 if x[f"policy_{d}"] <
+                        x[f"reference_{d}"] else 0.5 for x in rows if x["prompt"] == p]) for p in prompts]
+        return float(np.std(per, ddof=1)) if len(per) > 1 else 0.0
+
+    return {
+        "n": len(rows),
+        "prompts": len(prompts),
+        "win_rate": {d: win_rate(np.array([x[f"policy_{d}"] for x in rows]),
+                                 np.array([x[f"reference_{d}"] for x in rows]), [x["prompt"] for x in rows])
+                     for d in DIMS},
+        "prompt_sd": {d: prompt_sd(d) for d in DIMS},
+        "policy_mean": {d: float(np.mean([x[f"policy_{d}"] for x in rows])) for d in DIMS},
+        "reference_mean": {d: float(np.mean([x[f"reference_{d}"] for x in rows])) for d in DIMS},
+        "scores": rows,
+    }
+
+
+def prompts_for_half_width(prompt_sd: float, half_width: float = 0.1, z: float = Z95) -> int:
+    """Held-out prompts needed for a 95% interval of +-``half_width`` on a win rate whose per-prompt win rates
+    have standard deviation ``prompt_sd`` (normal approximation of the mean over prompts: ``(z sd / h)^2``)."""
+    return max(2, math.ceil((z * prompt_sd / half_width) ** 2))
+
+
 def compare_generators(
     policy: Generator, reference: Generator, scenes: list[Scene], *, samples_per_prompt: int, seed: int,
     num_frames: int, height: int, width: int, max_text_tokens: int, steps: int = 20, shift: float = 1.0,
@@ -121,46 +201,41 @@ def compare_generators(
     Loads the models on this process's device (``runtime.placement.worker_device``; bf16 on CUDA): call it
     through :func:`compare_generators_remote`, which runs it in a Ray task.
 
-    Returns ``{"n": N, "win_rate": {dim: (rate, lo, hi)}, "policy_mean": {dim: x}, "reference_mean": {...},
-    "scores": [per-sample rows]}``, plus ``grid_png`` (PNG bytes of a frame grid: reference row above policy
-    row per prompt) when ``grid``.
+    Returns :func:`paired_comparison`'s dict (``n``, ``win_rate`` per dimension with its 95% interval,
+    ``policy_mean``, ``reference_mean``, ``scores``), plus ``grid_png`` (PNG bytes of a frame grid: reference row
+    above policy row per prompt) when ``grid``.
     """
-    from videoalign_ray.flow.model import TextEncoder, load_vae
-    from videoalign_ray.runtime.placement import compute_dtype, worker_device
-
-    device = worker_device()
-    dtype = compute_dtype(device)
-    prompts = [s.prompt for s in scenes for _ in range(samples_per_prompt)]
-    seeds = [seed * 100_000 + i for i in range(len(prompts))]
-    vae = load_vae(policy.model_dir).to(device)
-    text = TextEncoder(policy.model_dir, max_text_tokens, device)
-    kw = dict(num_frames=num_frames, height=height, width=width, steps=steps, shift=shift)
-    with torch.no_grad():
-        ref_videos = sample_world_videos(reference.load(dtype).to(device), vae, text, prompts, seeds, **kw)
-        pol_videos = sample_world_videos(policy.load(dtype).to(device), vae, text, prompts, seeds, **kw)
-    scene_of = [s for s in scenes for _ in range(samples_per_prompt)]
-    rows = []
-    for i, sc in enumerate(scene_of):
-        r, p = score_video(ref_videos[i], sc), score_video(pol_videos[i], sc)
-        rows.append({"prompt": sc.prompt, "seed": seeds[i], **{f"reference_{d}": r[d] for d in DIMS},
-                     **{f"policy_{d}": p[d] for d in DIMS}})
-    result = {
-        "n": len(rows),
-        "win_rate": {d: win_rate(np.array([x[f"policy_{d}"] for x in rows]),
-                                 np.array([x[f"reference_{d}"] for x in rows]), [x["prompt"] for x in rows])
-                     for d in DIMS},
-        "policy_mean": {d: float(np.mean([x[f"policy_{d}"] for x in rows])) for d in DIMS},
-        "reference_mean": {d: float(np.mean([x[f"reference_{d}"] for x in rows])) for d in DIMS},
-        "scores": rows,
-    }
+    rows, videos = score_generators(
+        {"reference": reference, "policy": policy}, scenes, samples_per_prompt=samples_per_prompt, seed=seed,
+        num_frames=num_frames, height=height, width=width, max_text_tokens=max_text_tokens, steps=steps, shift=shift)
+    result = paired_comparison(rows["policy"], rows["reference"])
     if grid:
         import io
 
         picks = [i * samples_per_prompt for i in range(min(len(scenes), 6))]
         buf = io.BytesIO()
-        frame_grid([v for i in picks for v in (ref_videos[i], pol_videos[i])]).save(buf, format="PNG")
+        frame_grid([v for i in picks for v in (videos["reference"][i], videos["policy"][i])]).save(buf, format="PNG")
         result["grid_png"] = buf.getvalue()
     return result
+
+
+def score_generators_remote(generators: dict[str, Generator], scenes: list[Scene], *, use_gpu: bool,
+                            timeout_s: float = 7200.0, **kwargs) -> dict[str, list[dict]]:
+    """:func:`score_generators` in a Ray task (one GPU with ``use_gpu``, else one CPU); returns its rows only
+    (the videos stay in the task).
+
+    Raises:
+        TimeoutError: no result within ``timeout_s`` seconds.
+    """
+    from videoalign_ray.runtime.placement import run_model_task
+
+    rows, _ = run_model_task(_score_rows, generators, scenes, use_gpu=use_gpu, what="held-out generator scoring",
+                             timeout_s=timeout_s, **kwargs)
+    return rows
+
+
+def _score_rows(generators, scenes, **kwargs) -> dict[str, list[dict]]:
+    return score_generators(generators, scenes, **kwargs)[0]
 
 
 def compare_generators_remote(policy: Generator, reference: Generator, scenes: list[Scene], *, use_gpu: bool,

@@ -1,7 +1,10 @@
-"""The phases of one online round (generate, score, select, store, train, sync, evaluate) and their state.
+"""The online Flow-DPO loop in the separate placement: the phases of one round (generate, score, select, store,
+train, sync, evaluate) and their state; also the online DPO job's shared context (prompts, reward source, the
+latent encoding spec), which the colocated placement reuses.
 
-Ray glue: the generation actors, the reward app's handle and the per-round Flow-DPO run. What each phase
-leaves on disk is what a rerun reuses (see :mod:`videoalign_ray.pipelines.online_dpo`).
+Ray glue: the generation actors (:mod:`videoalign_ray.online.generator_pool`), the reward app's handle and the
+per-round training run, which the job supplies (:class:`RoundTrainer`: the Flow-DPO job, a Ray Train + DeepSpeed
+run, wired in :mod:`videoalign_ray.pipelines.online_dpo`). What each phase leaves on disk is what a rerun reuses.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
-from videoalign_ray.config import validate_config
 from videoalign_ray.data.schema import DIMENSIONS
 from videoalign_ray.online.rewards import RewardSource
 from videoalign_ray.online.store import round_dir_name
@@ -20,27 +24,37 @@ from videoalign_ray.runtime.fileio import write_text_atomic
 log = logging.getLogger(__name__)
 
 
-class RoundRunner:
-    """Runs rounds for one :class:`~videoalign_ray.pipelines.online_dpo.OnlineDPOConfig` and job."""
+class RoundTrainer(Protocol):
+    """What a round's training is to the runner (the job wires the Flow-DPO job in)."""
 
-    def __init__(self, cfg, job):
+    def encode_spec(self) -> Any:
+        """The :class:`~videoalign_ray.flow.pipeline.EncodeSpec` the rounds' training reads latents with (the
+        generated videos are cached under the same keys)."""
+
+    def fit(self, r: int, data: Path, init: Path | None) -> tuple[Path, dict]:
+        """Train round ``r`` on the pairs table ``data`` from the policy ``init`` (None: the base); returns the
+        new policy folder (with ``adapter/``) and the run's summary (``mlflow_run_id``)."""
+
+
+class RoundRunner:
+    """Runs rounds for one online DPO config (``pipelines.online_dpo.OnlineDPOConfig``) and job;
+    ``make_trainer(runner)`` builds its :class:`RoundTrainer` once the runner knows its model folder."""
+
+    def __init__(self, cfg, job, make_trainer: Callable[[RoundRunner], RoundTrainer]):
         from videoalign_ray.flow.model import PRESETS, resolve_model_dir
         from videoalign_ray.flow.sampling import SamplingSettings
         from videoalign_ray.online.generation import GeneratorSpec
-        from videoalign_ray.pipelines.flow_dpo import encode_spec
-        from videoalign_ray.runtime.placement import resolve_bf16, use_gpu_default
+        from videoalign_ray.runtime.placement import use_gpu_default
 
         self.cfg, self.job, self.out, self.tracker = cfg, job, job.out, job.tracker
         self.preset = PRESETS[cfg.preset]
-        self.model_dir = resolve_model_dir(cfg.preset, cfg.model_path, self.out, cfg.seed)
+        self.model_dir = resolve_model_dir(cfg.preset, cfg.model_path, self.out, cfg.seed, cfg.world)
         self.use_gpu = use_gpu_default(None)
         self.samples_dir = self.out / "samples"
         self.rewards = RewardSource.of(cfg, self.samples_dir, self.use_gpu)
         self.reward_kind = self.rewards.kind
-        flow_cfg = self._flow_cfg(1, None, None)
-        # the round's Flow-DPO job stores latents in its training dtype: the generated ones must share its keys
-        bf16 = resolve_bf16(flow_cfg.precision, use_gpu_default(flow_cfg.use_gpu))
-        espec = encode_spec(flow_cfg, self.model_dir, self.out, self.use_gpu, bf16)
+        self.trainer = make_trainer(self)
+        espec = self.trainer.encode_spec()
         self.spec = GeneratorSpec(
             encode=espec, fps=self.preset.fps, sampling=SamplingSettings.of(cfg),
             guidance_scale=cfg.guidance_scale, weights=cfg.guide_weights, reward_endpoint=cfg.reward_endpoint,
@@ -51,22 +65,17 @@ class RoundRunner:
 
     # ---- prompts ---------------------------------------------------------------------------------
     def load_prompts(self):
-        """(prompts, rejects) of ``--prompts`` or the world's train prompts."""
+        """(prompts, rejects) of ``--prompts`` or the world's train prompts (``online.prompts.load_online_prompts``);
+        sets ``scenes`` (world prompt -> Scene)."""
         from videoalign_ray.flow.model import text_tokenizer
-        from videoalign_ray.online.prompts import read_prompt_lines, validate_prompts
-        from videoalign_ray.synthetic.world import all_scenes, split_scenes
+        from videoalign_ray.online.prompts import load_online_prompts
 
         cfg = self.cfg
-        raw = (read_prompt_lines(cfg.prompts, cfg.prompt_column) if cfg.prompts
-               else [s.prompt for s in split_scenes(seed=cfg.seed)[0]])
         tok = text_tokenizer(self.model_dir)
-        known = {s.prompt for s in all_scenes()} if self.reward_kind == "ground-truth" else None
-        prompts, rejects = validate_prompts(raw, lambda p: len(tok(p).input_ids), self.preset.max_text_tokens, known)
-        if not prompts:
-            from videoalign_ray.errors import DataError
-
-            raise DataError(f"no usable prompt ({len(rejects)} rejected: see rejects.csv)")
-        self.scenes = {s.prompt: s for s in all_scenes()}
+        prompts, rejects, self.scenes = load_online_prompts(
+            cfg.prompts, cfg.prompt_column, count_tokens=lambda p: len(tok(p).input_ids),
+            max_tokens=self.preset.max_text_tokens, world=cfg.world, seed=cfg.seed,
+            ground_truth=self.reward_kind == "ground-truth")
         return prompts, rejects
 
     # ---- one round -------------------------------------------------------------------------------
@@ -92,7 +101,7 @@ class RoundRunner:
             t = time.monotonic()
             table, counts = round_table(records, rewards, r, weights=parse_weights(self.cfg.reward_weights),
                                         pair_rule=self.cfg.pair_rule, min_margin=self.cfg.min_margin)
-            stats = _reward_stats(records, rewards)
+            stats = reward_stats(records, rewards)
             seconds["select"] = time.monotonic() - t
             t = time.monotonic()
             store.commit(r, table, {"policy_version": r - 1, **counts, **stats})
@@ -150,7 +159,7 @@ class RoundRunner:
         return records
 
     def _pool(self):
-        from videoalign_ray.pipelines.generator_pool import GeneratorPool
+        from videoalign_ray.online.generator_pool import GeneratorPool
 
         if self.pool is None:
             fail_on = tuple(int(x) for x in self.cfg.fail_generator_on.split(",")) if self.cfg.fail_generator_on else None
@@ -177,30 +186,9 @@ class RoundRunner:
         return self.rewards.score(records)
 
     # ---- train, sync, evaluate ---------------------------------------------------------------------
-    def _flow_cfg(self, r: int, data: str | None, init: Path | None):
-        from videoalign_ray.flow.objectives.dpo import DPOSection
-        from videoalign_ray.pipelines.flow_dpo import FlowDPOConfig
-        from videoalign_ray.sections import ModelSection
-
-        cfg = self.cfg
-        shared = {k: getattr(cfg, k) for section in (ModelSection, DPOSection) for k in section.model_fields}
-        values = dict(
-            shared, output_dir=str(self.out / "rounds" / round_dir_name(r) / "train"), data=data,
-            model_path=str(self.model_dir),
-            max_steps=cfg.steps_per_round, batch_size=cfg.batch_size, num_workers=cfg.num_workers, lr=cfg.lr,
-            lora_rank=cfg.lora_rank, seed=cfg.seed + r, checkpoint_every=max(1, cfg.steps_per_round // 2),
-            num_samples=0, cache_dir=str(self.out / "cache"), mlflow_tracking_uri=self.job.tracking_uri,
-            mlflow_experiment=cfg.mlflow_experiment, run_name=f"round-{r:03d}", log_level=cfg.log_level,
-            init_weights=str(init) if init else None, fit_timeout_s=cfg.train_timeout_s, storage_path=cfg.storage_path,
-            reference_weights=str(init) if init and cfg.reference == "previous" else None)
-        return validate_config(FlowDPOConfig, values)
-
     def train(self, r: int, store):
-        """One Flow-DPO run on round ``r``'s pairs (plus ``replay_rounds`` earlier ones), from the current
+        """One training run on round ``r``'s pairs (plus ``replay_rounds`` earlier ones), from the current
         policy; returns (new policy folder, the run's summary). No pair at all: the policy stays."""
-        from mlflow.tracking import MlflowClient
-
-        from videoalign_ray.pipelines.flow_dpo import run_flow_job
         from videoalign_ray.runtime.fileio import atomic_path
 
         rounds = [x for x in range(max(1, r - self.cfg.replay_rounds), r + 1) if x in store.committed()]
@@ -211,10 +199,7 @@ class RoundRunner:
         data = self.out / "rounds" / round_dir_name(r) / "train_pairs.parquet"
         with atomic_path(data) as tmp:
             table.to_parquet(tmp, index=False)
-        summary = run_flow_job(self._flow_cfg(r, str(data), self.policy))
-        MlflowClient(self.job.tracking_uri).set_tag(summary["mlflow_run_id"], "mlflow.parentRunId",
-                                                    self.tracker.run_id)
-        return Path(summary["checkpoint"]), summary
+        return self.trainer.fit(r, data, self.policy)
 
     def sync(self, r: int, policy: Path | None) -> dict:
         """Put the new policy in the object store once and load it on every live actor (versioned)."""
@@ -239,7 +224,7 @@ class RoundRunner:
 
         if self.cfg.eval_samples_per_prompt == 0 or policy is None:
             return None
-        held = split_scenes(seed=self.cfg.seed)[1]
+        held = split_scenes(seed=self.cfg.seed, world=self.cfg.world)[1]
         res = compare_generators_remote(
             Generator(str(self.model_dir), str(policy)), Generator(str(self.model_dir)), held, use_gpu=self.use_gpu,
             samples_per_prompt=self.cfg.eval_samples_per_prompt, seed=self.cfg.seed + 7,
@@ -264,7 +249,7 @@ def _policy_payload(policy: Path) -> dict:
     return {"state": state, "rank": rank, "alpha": alpha}
 
 
-def _reward_stats(records: list[dict], rewards) -> dict:
+def reward_stats(records: list[dict], rewards) -> dict:
     """Mean/std of the round's rewards per dimension, and of the ground truth where the samples have it."""
     import numpy as np
 
