@@ -6,7 +6,12 @@ import json
 import pytest
 import torch
 
-from videoalign_ray.flow.model import TINY_WORLD_ASSET, load_transformer, materialize_tiny_base
+from videoalign_ray.flow.model import (
+    TINY_WORLD_ASSET,
+    TINY_WORLD_ASSETS,
+    load_transformer,
+    materialize_tiny_base,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +51,25 @@ def test_committed_asset_is_trained(tmp_path):
     base = load_transformer(materialize_tiny_base(tmp_path / "rand", seed=0))
     asset = load_transformer(TINY_WORLD_ASSET)
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(asset.parameters(), base.parameters(), strict=True))
+
+
+def test_large_world_base_learned_the_large_grammar(tmp_path):
+    """The committed large-world base was pre-trained on the large grammar: on the large world's held-out
+    prompts whose colour the classic world lacks, its samples match the prompt (TA) better than the classic
+    base's, which never saw those words (measured: 0.60 vs 0.52 on these 8 prompts x 2 samples)."""
+    import numpy as np
+
+    from videoalign_ray.flow.model import PRESETS
+    from videoalign_ray.synthetic.evaluate import Generator, score_generators
+    from videoalign_ray.synthetic.world import EXTRA_COLORS, split_scenes
+
+    large = TINY_WORLD_ASSETS["large"]
+    info = json.loads((large / "model_index.json").read_text())
+    assert info["world"] == "large" and info["steps"] >= 1000
+    held = [s for s in split_scenes(seed=0, world="large")[1] if s.color in EXTRA_COLORS][:8]
+    p = PRESETS["tiny-world"]
+    kw = dict(samples_per_prompt=2, seed=5, num_frames=p.num_frames, height=p.height, width=p.width,
+              max_text_tokens=p.max_text_tokens, steps=8)
+    ta = {name: np.mean([r["TA"] for r in score_generators({name: Generator(str(path))}, held, **kw)[0][name]])
+          for name, path in (("large", large), ("classic", TINY_WORLD_ASSET))}
+    assert ta["large"] > ta["classic"] + 0.05, ta

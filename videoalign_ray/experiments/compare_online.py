@@ -73,8 +73,12 @@ def _run(cfg: CompareOnlineConfig, job) -> dict:
     results: dict = {}
     for seed in [int(s) for s in cfg.seeds.split(",") if s.strip()]:
         train, held = split_scenes(seed=0, world=cfg.world)  # one split for every seed: seeds vary training only
+        # the online jobs get the train prompts as a file: by default they would draw their own split from `seed`
+        prompts_file = out / "train_prompts.txt"
+        write_text_atomic(prompts_file, "".join(s.prompt + "\n" for s in train))
         per_round = min(cfg.prompts_per_round or len(train), len(train))
-        common = dict(preset="tiny-world", model_path=str(model_dir), world=cfg.world, seed=seed, lr=cfg.lr, lora_rank=8,
+        common = dict(preset="tiny-world", model_path=str(model_dir), world=cfg.world, prompts=str(prompts_file),
+                      seed=seed, lr=cfg.lr, lora_rank=8,
                       sample_steps=cfg.sample_steps, num_workers=cfg.num_workers, eval_samples_per_prompt=0,
                       reward_weights=weights, mlflow_tracking_uri=cfg.mlflow_tracking_uri)
         base = out / f"seed{seed}"
