@@ -4,7 +4,7 @@ latent encoding spec), which the colocated placement reuses.
 
 Ray glue: the generation actors (:mod:`videoalign_ray.online.generator_pool`), the reward app's handle and the
 per-round training run, which the job supplies (:class:`RoundTrainer`: the Flow-DPO job, a Ray Train + DeepSpeed
-run, wired in :mod:`videoalign_ray.pipelines.online_dpo`). What each phase leaves on disk is what a rerun reuses.
+run, wired in :mod:`videoalign_ray.pipelines.online_dpo_separate`). What each phase leaves on disk is what a rerun reuses.
 """
 
 from __future__ import annotations
