@@ -64,9 +64,9 @@ PRESETS = {
 }
 
 TINY_WORLD_ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_world_base"
-# the tiny-world base of each synthetic world's grammar (synthetic.world.WORLDS)
-TINY_WORLD_ASSETS = {"classic": TINY_WORLD_ASSET, "large": TINY_WORLD_ASSET.parent / "tiny_world_large_base"}
 """The tiny preset pre-trained on the synthetic world (``jobs/pretrain_base.py``; its README has the command)."""
+TINY_WORLD_ASSETS = {"classic": TINY_WORLD_ASSET, "large": TINY_WORLD_ASSET.parent / "tiny_world_large_base"}
+"""The tiny-world base of each synthetic world's grammar (``synthetic.world.WORLDS``)."""
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 """Attention q/k/v/o projections of the Wan blocks (paper: LoRA on attention q/k/v/o)."""

@@ -66,7 +66,7 @@ def run_colocated(cfg, job) -> dict:
                        "reward_mean": float(weighted.mean()), "reward_std": float(weighted.std()),
                        "reward_stats": stats}
 
-    scenes = {p: asdict(runner.scenes[p]) for p in prompts if p in runner.scenes and runner.reward_kind == "ground-truth"}
+    scenes = {p: asdict(s) for p, s in runner.scenes.items()} if runner.reward_kind == "ground-truth" else {}
     plan = RoundPlan(
         prompts=tuple(prompts), prompts_per_round=cfg.prompts_per_round or len(prompts), samples_per_prompt=cfg.samples_per_prompt,
         sample_steps=cfg.sample_steps, sde_window=0, sde_window_start=None, updates=cfg.steps_per_round,

@@ -33,6 +33,17 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def _outcomes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per paired sample: 1 where ``a`` scores higher, 0 where lower, 0.5 on a tie."""
+    return np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
+
+
+def _cluster_sums(outcome: np.ndarray, clusters) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster (sorted by name): the sum of ``outcome`` and the sample count."""
+    _, group = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    return np.bincount(group, weights=outcome), np.bincount(group).astype(float)
+
+
 def win_rate(a: np.ndarray, b: np.ndarray, clusters=None, *, n_boot: int = 2000,
              seed: int = 0) -> tuple[float, float, float]:
     """Win rate of ``a`` over ``b`` (paired scores, shape ``(N,)``; ties count 1/2) and its 95% interval.
@@ -48,14 +59,13 @@ def win_rate(a: np.ndarray, b: np.ndarray, clusters=None, *, n_boot: int = 2000,
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired scores must have the same non-empty shape, got {a.shape} and {b.shape}")
-    outcome = np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
+    outcome = _outcomes(a, b)
     rate = float(outcome.mean())
     if clusters is None or len(set(clusters)) < 2:
         return (rate, *wilson_interval(rate, outcome.size))
     if len(clusters) != outcome.size:
         raise ValueError(f"clusters has {len(clusters)} entries for {outcome.size} samples")
-    _, group = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
-    sums, counts = np.bincount(group, weights=outcome), np.bincount(group).astype(float)
+    sums, counts = _cluster_sums(outcome, clusters)
     pick = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
     rates = sums[pick].sum(1) / counts[pick].sum(1)
     lo, hi = np.percentile(rates, [2.5, 97.5])
@@ -165,22 +175,22 @@ def paired_comparison(policy_rows: list[dict], reference_rows: list[dict]) -> di
         raise ValueError("paired comparison needs the same (prompt, seed) samples in the same order on both sides")
     rows = [{"prompt": p["prompt"], "seed": p["seed"], **{f"reference_{d}": r[d] for d in DIMS},
              **{f"policy_{d}": p[d] for d in DIMS}} for p, r in zip(policy_rows, reference_rows, strict=True)]
-    prompts = sorted({x["prompt"] for x in rows})
+    clusters = [x["prompt"] for x in rows]
+    pol = {d: np.array([x[f"policy_{d}"] for x in rows]) for d in DIMS}
+    ref = {d: np.array([x[f"reference_{d}"] for x in rows]) for d in DIMS}
 
     def prompt_sd(d: str) -> float:
-        per = [np.mean([1.0 if x[f"policy_{d}"] > x[f"reference_{d}"] else 0.0 if x[f"policy_{d}"] <
-                        x[f"reference_{d}"] else 0.5 for x in rows if x["prompt"] == p]) for p in prompts]
+        sums, counts = _cluster_sums(_outcomes(pol[d], ref[d]), clusters)
+        per = sums / counts  # each prompt's win rate
         return float(np.std(per, ddof=1)) if len(per) > 1 else 0.0
 
     return {
         "n": len(rows),
-        "prompts": len(prompts),
-        "win_rate": {d: win_rate(np.array([x[f"policy_{d}"] for x in rows]),
-                                 np.array([x[f"reference_{d}"] for x in rows]), [x["prompt"] for x in rows])
-                     for d in DIMS},
+        "prompts": len(set(clusters)),
+        "win_rate": {d: win_rate(pol[d], ref[d], clusters) for d in DIMS},
         "prompt_sd": {d: prompt_sd(d) for d in DIMS},
-        "policy_mean": {d: float(np.mean([x[f"policy_{d}"] for x in rows])) for d in DIMS},
-        "reference_mean": {d: float(np.mean([x[f"reference_{d}"] for x in rows])) for d in DIMS},
+        "policy_mean": {d: float(pol[d].mean()) for d in DIMS},
+        "reference_mean": {d: float(ref[d].mean()) for d in DIMS},
         "scores": rows,
     }
 
